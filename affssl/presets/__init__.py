@@ -1,0 +1,1 @@
+"""Bundled spec presets (TOML), loadable by name: default, paper, cifar10-cpu."""

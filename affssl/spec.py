@@ -1,0 +1,266 @@
+"""Run specs: strict, frozen pydantic models, TOML files and dotted `--set a.b=c` overrides.
+
+Every default lives here, once. Nothing below the CLI handles a raw dict: the CLI turns a TOML
+file plus overrides into a validated `RunSpec`, and each module receives the sub-spec it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from affssl.errors import UserError
+
+COMPONENTS: tuple[str, ...] = ("rotation", "translation", "scale", "shear")
+# Paper §1.6: λ = 1 for SimCLR and BYOL, 10 for Barlow Twins (the run reported as BT + Affine).
+DEFAULT_AFFINE_WEIGHT: dict[str, float] = {"simclr": 1.0, "byol": 1.0, "barlow": 10.0}
+PRESETS: tuple[str, ...] = ("default", "paper", "cifar10-cpu")
+
+
+class SpecError(UserError):
+    """A spec that cannot be loaded or validated; the message names the field and the fix."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Range = tuple[float, float]
+
+
+class DataSpec(_Spec):
+    dataset: str = Field(
+        "digits", description="digits | cifar10 | cifar100 | stl10 | svhn | mnist | fashion-mnist | PATH"
+    )
+    image_size_px: int = Field(32, ge=8, le=512, description="images are resized to this square size")
+    limit: int | None = Field(None, ge=1, description="train on this many images (stratified when labelled)")
+    root: Path | None = Field(
+        None, description="download/cache folder (default ~/.cache/affssl or $AFFSSL_CACHE)"
+    )
+    cache: bool = Field(True, description="keep decoded uint8 tensors on disk so the next run skips decoding")
+
+
+class AugmentSpec(_Spec):
+    """The base methods' views (paper §2.3): crop, flip, colour jitter, grey-scale, blur."""
+
+    crop_scale: Range = (0.08, 1.0)
+    crop_ratio: Range = (3 / 4, 4 / 3)
+    flip_p: float = Field(0.5, ge=0, le=1)
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    brightness: float = Field(0.8, ge=0)
+    contrast: float = Field(0.8, ge=0)
+    saturation: float = Field(0.8, ge=0)
+    hue: float = Field(0.2, ge=0, le=0.5)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: Range = Field((1.0, 1.0), description="per view; the paper always blurs")
+    blur_sigma: Range = (0.1, 2.0)
+    blur_kernel_frac: float = Field(0.1, ge=0, le=1, description="kernel = int(frac·size), as the paper")
+    solarize_p: Range = Field((0.0, 0.0), description="per view; BYOL's asymmetric option is (0, 0.2)")
+
+    @field_validator("crop_scale", "crop_ratio", "blur_sigma")
+    @classmethod
+    def _ordered(cls, v: Range) -> Range:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"needs 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("blur_p", "solarize_p")
+    @classmethod
+    def _probabilities(cls, v: Range) -> Range:
+        if not all(0 <= p <= 1 for p in v):
+            raise ValueError(f"probabilities must lie in [0, 1], got {list(v)}")
+        return v
+
+
+class AffineSpec(_Spec):
+    """The paper's module (§1): sample φ, warp view 1, predict φ from an aggregation of features."""
+
+    enabled: bool = True
+    components: tuple[Literal["rotation", "translation", "scale", "shear"], ...] = COMPONENTS
+    rotation_deg: float = Field(90.0, ge=0, le=180, description="θ ~ U(-r, r)")
+    translate_frac: float = Field(0.25, ge=0, lt=1, description="t ~ round(U(-f·W, f·W)) px")
+    scale_range: Range = (0.7, 1.3)
+    shear_deg: float = Field(25.0, ge=0, lt=90, description="shear x, y ~ U(-s, s)")
+    interpolation: Literal["nearest", "bilinear"] = "nearest"
+    fill: Literal["black", "bounded"] = "black"
+    aggregation: Literal["diff", "concat"] = "diff"
+    views: Literal[1, 2] = 1
+    location: Literal["encoder", "projector"] = "encoder"
+    weight: float | None = Field(None, ge=0, description="λ; None → per base (1, 1, 10)")
+    head_hidden: int = Field(512, ge=1)
+    target: Literal["paper", "standardized"] = "paper"
+
+    @field_validator("components")
+    @classmethod
+    def _canonical(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError(f"needs at least one of {', '.join(COMPONENTS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"components repeat: {list(v)}")
+        return tuple(c for c in COMPONENTS if c in v)
+
+    @field_validator("scale_range")
+    @classmethod
+    def _scale(cls, v: Range) -> Range:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"needs 0 < low <= high, got {list(v)}")
+        return v
+
+
+class BackboneSpec(_Spec):
+    name: Literal["resnet18", "resnet50"] = "resnet18"
+    width: int = Field(64, ge=4, description="channels of the first stage; 64 is torchvision's")
+    cifar_stem: bool | None = Field(None, description="3×3 stride-1 conv, no max-pool; None → image ≤ 64 px")
+
+
+class SimCLRSpec(_Spec):
+    name: Literal["simclr"] = "simclr"
+    proj_hidden: int = Field(512, ge=1)
+    proj_out: int = Field(128, ge=1)
+    temperature: float = Field(0.5, gt=0)
+
+
+class BYOLSpec(_Spec):
+    name: Literal["byol"] = "byol"
+    proj_hidden: int = Field(512, ge=1)
+    proj_out: int = Field(128, ge=1)
+    pred_hidden: int = Field(512, ge=1)
+    tau_base: float = Field(0.996, ge=0, le=1, description="EMA τ, cosine-ramped to 1")
+
+
+class BarlowSpec(_Spec):
+    name: Literal["barlow"] = "barlow"
+    proj_hidden: int = Field(512, ge=1)
+    proj_out: int = Field(128, ge=1)
+    lambda_offdiag: float = Field(5e-3, ge=0)
+    l2_normalize: bool = Field(True, description="the paper L2-normalises projections first")
+
+
+MethodSpec = Annotated[SimCLRSpec | BYOLSpec | BarlowSpec, Field(discriminator="name")]
+METHOD_SPECS: dict[str, type[_Spec]] = {"simclr": SimCLRSpec, "byol": BYOLSpec, "barlow": BarlowSpec}
+
+
+class OptimSpec(_Spec):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0)
+
+
+class TrainSpec(_Spec):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=2)
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(10, ge=1, description="also keep epoch-NNNN.safetensors every N epochs")
+    log_every: int = Field(10, ge=1, description="steps between metric lines (each one syncs the device)")
+    channels_last: bool = True
+    amp: bool = Field(True, description="bf16 autocast on CUDA")
+    compile: bool = False
+
+
+class RunSpec(_Spec):
+    data: DataSpec = DataSpec()
+    augment: AugmentSpec = AugmentSpec()
+    affine: AffineSpec = AffineSpec()
+    backbone: BackboneSpec = BackboneSpec()
+    method: MethodSpec = SimCLRSpec()
+    optim: OptimSpec = OptimSpec()
+    train: TrainSpec = TrainSpec()
+
+    @model_validator(mode="after")
+    def _resolve(self) -> RunSpec:
+        # Fill what depends on other sections, so the written spec holds the values used.
+        updates: dict[str, Any] = {}
+        if self.affine.weight is None:
+            w = DEFAULT_AFFINE_WEIGHT[self.method.name]
+            updates["affine"] = self.affine.model_copy(update={"weight": w})
+        if self.backbone.cifar_stem is None:
+            stem = self.data.image_size_px <= 64
+            updates["backbone"] = self.backbone.model_copy(update={"cifar_stem": stem})
+        for key, value in updates.items():
+            object.__setattr__(self, key, value)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: TOML (a path or a bundled preset) + dotted overrides → validated RunSpec
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as a TOML value (numbers, booleans, lists, strings) or keep text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"override {assignment!r} is not key=value; write e.g. --set optim.lr=0.001")
+    *parents, leaf = key.strip().split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"override {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = parse_value(text.strip())
+
+
+def read_toml(source: str | Path) -> dict[str, Any]:
+    """Read a spec file, or a bundled preset by name (default, paper, cifar10-cpu)."""
+    if str(source) in PRESETS:
+        text = resources.files("affssl.presets").joinpath(f"{source}.toml").read_text()
+        where = f"preset {source!r}"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(
+                f"spec file {path} does not exist; pass a TOML file or one of: {', '.join(PRESETS)}"
+            )
+        text, where = path.read_text(), str(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{where} is not valid TOML ({err}); fix the syntax") from None
+
+
+def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
+    tree = json.loads(json.dumps(tree, default=str))  # deep copy; overrides never touch the source
+    # The method section's discriminator defaults to simclr so a TOML may omit it.
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    if isinstance(tree.get("method"), dict):
+        tree["method"].setdefault("name", "simclr")
+        name = tree["method"]["name"]
+        if name not in METHOD_SPECS:
+            raise SpecError(f"unknown base method {name!r}; choose one of {', '.join(METHOD_SPECS)}")
+    try:
+        return RunSpec.model_validate(tree)
+    except ValidationError as err:
+        raise SpecError(describe(err)) from None
+
+
+def load_spec(source: str | Path | None = None, overrides: list[str] = ()) -> RunSpec:
+    return build_spec(read_toml(source) if source is not None else {}, list(overrides))
+
+
+def describe(err: ValidationError) -> str:
+    """One line per problem, each naming the dotted field: 'train.epochs: …'."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("simclr", "byol", "barlow")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling (see `affssl pretrain --print-spec`)"
+        lines.append(f"{loc or 'spec'}: {msg}")
+    return "invalid spec: " + "; ".join(lines)
