@@ -1,0 +1,3 @@
+from affssl.cli import main
+
+main()

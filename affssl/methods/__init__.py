@@ -1,0 +1,24 @@
+"""Base SSL methods: a dict registry matched one-to-one by the tagged union in spec.py.
+
+A method is an nn.Module built as `cls(spec, backbone, feat_dim)` with
+`forward(h1, h2, v1, v2) -> StepOut` (h: backbone features, v: the views' images),
+`embed(h) -> z` (projector output as its loss sees it) and `after_step(backbone, progress)`.
+The backbone is passed in, never stored (BYOL keeps a separate EMA copy).
+"""
+
+from torch import nn
+
+from affssl.methods.barlow import BarlowTwins
+from affssl.methods.base import StepOut
+from affssl.methods.byol import BYOL
+from affssl.methods.simclr import SimCLR
+from affssl.spec import MethodSpec
+
+METHODS: dict[str, type[nn.Module]] = {"simclr": SimCLR, "byol": BYOL, "barlow": BarlowTwins}
+
+
+def build_method(spec: MethodSpec, backbone: nn.Module, feat_dim: int) -> nn.Module:
+    return METHODS[spec.name](spec, backbone, feat_dim)
+
+
+__all__ = ["METHODS", "StepOut", "build_method"]

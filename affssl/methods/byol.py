@@ -1,0 +1,58 @@
+"""BYOL (Grill et al. 2020): predict an EMA target network's projection of the other view."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from affssl.heads import mlp
+from affssl.methods.base import StepOut
+from affssl.spec import BYOLSpec
+
+
+def byol_loss(p1: Tensor, p2: Tensor, t1: Tensor, t2: Tensor) -> Tensor:
+    """Symmetrised 2 − 2·cos(p, t): online predictions p (N, D) against the other view's targets t."""
+    term = lambda p, t: (2 - 2 * F.cosine_similarity(p, t.detach(), dim=1)).mean()  # noqa: E731
+    return term(p1, t2) + term(p2, t1)
+
+
+def ema_tau(tau_base: float, progress: float) -> float:
+    """τ = 1 − (1 − τ_base)·(cos(π·progress) + 1)/2: τ_base at the start, 1 at the end."""
+    return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+class BYOL(nn.Module):
+    def __init__(self, spec: BYOLSpec, backbone: nn.Module, feat_dim: int):
+        super().__init__()
+        self.tau_base = spec.tau_base
+        self.projector = mlp(feat_dim, spec.proj_hidden, spec.proj_out)
+        self.predictor = mlp(spec.proj_out, spec.pred_hidden, spec.proj_out)
+        # The target is a separate copy (never the online tensors: safetensors refuses sharing).
+        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+
+    def embed(self, h: Tensor) -> Tensor:
+        """The raw online projection (paper §1.4, location 'g' for BYOL)."""
+        return self.projector(h)
+
+    def forward(self, h1: Tensor, h2: Tensor, v1: Tensor, v2: Tensor) -> StepOut:
+        z1, z2 = self.embed(h1), self.embed(h2)  # (B, D)
+        with torch.no_grad():
+            t1 = self.target_projector(self.target_backbone(v1))  # (B, D)
+            t2 = self.target_projector(self.target_backbone(v2))
+        return StepOut(byol_loss(self.predictor(z1), self.predictor(z2), t1, t2), z1, z2)
+
+    @torch.no_grad()
+    def after_step(self, backbone: nn.Module, progress: float) -> None:
+        """EMA update of the target towards the online backbone and projector."""
+        tau = ema_tau(self.tau_base, progress)
+        for online, target in ((backbone, self.target_backbone), (self.projector, self.target_projector)):
+            online_params = list(online.parameters())
+            target_params = list(target.parameters())
+            torch._foreach_lerp_(target_params, online_params, 1 - tau)
+            for b_online, b_target in zip(online.buffers(), target.buffers(), strict=True):
+                b_target.copy_(b_online)
