@@ -1,0 +1,232 @@
+"""The base methods' two views (paper §2.3), built for a whole batch on its device with tensor ops.
+
+Per view: RandomResizedCrop(scale, ratio) → HorizontalFlip(p) → RandomApply(ColorJitter(b, c, s, h), p)
+→ RandomGrayscale(p) → GaussianBlur(int(frac·size), σ ~ U(σ_lo, σ_hi)) with p per view → Solarize(0.5) with p
+per view. No mean/std normalisation; views are float32 in [0, 1].
+
+Read top to bottom: `views` and `view` (the pipeline), then the parameter samplers, then the ops. Each op takes
+per-sample parameter tensors and matches `torchvision.transforms.v2.functional` applied image by image on float
+images (tests/test_augment.py checks each one against it). Randomness comes only from the generator passed in,
+which lives on the data's device; there is no per-sample Python loop and no host sync.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from affssl.spec import AugmentSpec
+
+LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2 weights, as torchvision's rgb_to_grayscale
+CROP_ATTEMPTS = 10  # RandomResizedCrop's tries before its centre-crop fallback
+SOLARIZE_THRESHOLD = 0.5
+
+
+def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """x: (B, C, H, W) uint8 on the training device (C = 3). Returns two float32 views in [0, 1], each (B, C, H, W)."""
+    xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]
+    return view(xf, spec, gen, 0), view(xf, spec, gen, 1)
+
+
+def view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, index: int) -> Tensor:
+    """One view; x float32 in [0, 1] (B, C, H, W); index 0 or 1 selects blur_p[index] and solarize_p[index]."""
+    B, _, H, W = x.shape
+    # Draw everything first, whatever the spec, so switching one op off leaves the others' randomness unchanged.
+    boxes = crop_boxes(B, H, W, spec.crop_scale, spec.crop_ratio, gen)  # (B, 4) px
+    flip = _coin(B, spec.flip_p, gen)  # (B,) bool
+    jitter = jitter_params(B, spec, gen)  # apply (B,), factors (B, 4), order (B, 4)
+    grey = _coin(B, spec.grayscale_p, gen)  # (B,) bool
+    sigma_px = _uniform(B, spec.blur_sigma, gen)  # (B,)
+    blur = _coin(B, spec.blur_p[index], gen)  # (B,) bool
+    solar = _coin(B, spec.solarize_p[index], gen)  # (B,) bool
+    kernel_px = blur_kernel_px(H, spec.blur_kernel_frac)
+
+    x = resized_crop_flip(x, boxes, flip, (H, W))  # (B, C, H, W)
+    if spec.jitter_p > 0:
+        x = color_jitter(x, *jitter)
+    if spec.grayscale_p > 0:
+        x = torch.where(grey[:, None, None, None], grayscale(x), x)
+    if kernel_px >= 3 and spec.blur_p[index] > 0:
+        x = torch.where(blur[:, None, None, None], gaussian_blur(x, sigma_px, kernel_px), x)
+    if spec.solarize_p[index] > 0:
+        x = torch.where(solar[:, None, None, None], solarize(x, SOLARIZE_THRESHOLD), x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter samplers: per-sample tensors on the generator's device.
+
+
+def _uniform(shape: int | tuple[int, ...], bounds: tuple[float, float], gen: torch.Generator) -> Tensor:
+    lo, hi = bounds
+    return lo + (hi - lo) * torch.rand(shape, generator=gen, device=gen.device)
+
+
+def _coin(n: int, p: float, gen: torch.Generator) -> Tensor:
+    return torch.rand(n, generator=gen, device=gen.device) < p  # (n,) bool
+
+
+def crop_boxes(
+    n: int, height_px: int, width_px: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator
+) -> Tensor:
+    """RandomResizedCrop.get_params for n images at once. Returns (n, 4) int64 boxes (top, left, height, width) px.
+
+    All attempts are drawn at once; each sample keeps its first box that fits, else the centre crop clamped to ratio.
+    """
+    area_px = height_px * width_px * _uniform((n, CROP_ATTEMPTS), scale, gen)  # (n, A)
+    aspect = torch.exp(_uniform((n, CROP_ATTEMPTS), (math.log(ratio[0]), math.log(ratio[1])), gen))  # (n, A) w/h
+    w = torch.round(torch.sqrt(area_px * aspect))  # (n, A) px
+    h = torch.round(torch.sqrt(area_px / aspect))
+    fits = (w > 0) & (w <= width_px) & (h > 0) & (h <= height_px)  # (n, A)
+    first = fits.int().argmax(1, keepdim=True)  # (n, 1) index of the first fitting attempt (0 if none)
+    found = fits.any(1)  # (n,)
+    in_ratio = width_px / height_px
+    fall_h, fall_w = height_px, width_px
+    if in_ratio < min(ratio):
+        fall_h = round(width_px / min(ratio))
+    elif in_ratio > max(ratio):
+        fall_w = round(height_px * max(ratio))
+    h = torch.where(found, h.gather(1, first).squeeze(1), fall_h)  # (n,) px
+    w = torch.where(found, w.gather(1, first).squeeze(1), fall_w)
+    u = torch.rand(n, 2, generator=gen, device=gen.device)  # (n, 2) → uniform integer offsets
+    top = torch.minimum(torch.floor(u[:, 0] * (height_px - h + 1)), height_px - h)
+    left = torch.minimum(torch.floor(u[:, 1] * (width_px - w + 1)), width_px - w)
+    top = torch.where(found, top, (height_px - fall_h) // 2)
+    left = torch.where(found, left, (width_px - fall_w) // 2)
+    return torch.stack([top, left, h, w], 1).long()
+
+
+def jitter_params(n: int, spec: AugmentSpec, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """ColorJitter draws: apply (n,) bool, factors (n, 4) (brightness, contrast, saturation, hue), order (n, 4).
+
+    order[i] is sample i's random permutation of the four ops, as torchvision draws one per call.
+    """
+    apply = _coin(n, spec.jitter_p, gen)
+    bounds = [(max(0.0, 1 - s), 1 + s) for s in (spec.brightness, spec.contrast, spec.saturation)]
+    factors = torch.stack([_uniform(n, b, gen) for b in [*bounds, (-spec.hue, spec.hue)]], 1)  # (n, 4)
+    order = torch.rand(n, 4, generator=gen, device=gen.device).argsort(1)  # (n, 4)
+    return apply, factors, order
+
+
+def blur_kernel_px(size_px: int, frac: float) -> int:
+    """int(frac·size) as the paper, made odd by adding one; below 3 the blur is skipped."""
+    k = int(frac * size_px)
+    return k + 1 if k % 2 == 0 else k
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched ops. Factors and parameters are per-sample (B,) tensors on x's device.
+
+
+def resized_crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int, int]) -> Tensor:
+    """Crop (B, 4) boxes (top, left, height, width px), resize to size (H_out, W_out), mirror where flip (B,) bool.
+
+    One affine_grid + grid_sample (bilinear, align_corners=False). Sampling points are clamped to the box's edge
+    pixel centres, as F.interpolate clamps to the crop's border, so each sample equals torchvision's
+    resized_crop(..., BILINEAR, antialias=False) followed by hflip where flip is set.
+    """
+    B, C, H, W = x.shape
+    top, left, h, w = boxes.to(x.dtype).unbind(1)  # (B,) px each
+    sign = 1 - 2 * flip.to(x.dtype)  # (B,) −1 mirrors the output
+    zero = torch.zeros_like(h)
+    # output normalised u ↦ input normalised (w/W)·u + (2·left + w)/W − 1, likewise for rows
+    theta = torch.stack(
+        [
+            torch.stack([sign * w / W, zero, (2 * left + w) / W - 1], 1),
+            torch.stack([zero, h / H, (2 * top + h) / H - 1], 1),
+        ],
+        1,
+    )  # (B, 2, 3)
+    grid = F.affine_grid(theta, [B, C, *size], align_corners=False)  # (B, H_out, W_out, 2) as (x, y)
+    lo = torch.stack([(2 * left + 1) / W - 1, (2 * top + 1) / H - 1], 1)  # (B, 2) first pixel centre
+    hi = torch.stack([(2 * (left + w) - 1) / W - 1, (2 * (top + h) - 1) / H - 1], 1)  # (B, 2) last pixel centre
+    grid = grid.clamp(min=lo[:, None, None], max=hi[:, None, None])
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (B, C, H_out, W_out)
+
+
+def color_jitter(x: Tensor, apply: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+    """ColorJitter on the samples where apply (B,): op k uses factors[:, k] and the ops run in each row of order.
+
+    Brightness, contrast and saturation are all blends toward a target (black, mean grey, grey image), so a sample's
+    order is: up to three blends, hue, the remaining blends. That is six cheap blend rounds and one hue pass for the
+    whole batch instead of four of each.
+    """
+    hue_at = (order == 3).int().argmax(1)  # (B,) position of hue in each order
+    rank = torch.arange(4, device=order.device) + 4 * (order == 3)  # (B, 4) sorts hue last
+    blends = order.gather(1, rank.argsort(1)[:, :3])  # (B, 3) the blend ops, in order
+    for s in range(3):
+        x = _blend_step(x, blends[:, s], factors, apply & (s < hue_at))
+    hue = apply & (factors[:, 3] != 0)  # (B,)
+    x = torch.where(hue[:, None, None, None], adjust_hue(x, factors[:, 3]), x)
+    for s in range(3):
+        x = _blend_step(x, blends[:, s], factors, apply & (s >= hue_at))
+    return x
+
+
+def _blend_step(x: Tensor, op: Tensor, factors: Tensor, active: Tensor) -> Tensor:
+    """Brightness (op 0), contrast (1) or saturation (2) per sample where active (B,); the others keep x exactly."""
+    ratio = torch.where(active, factors.gather(1, op[:, None]).squeeze(1), 1.0)  # (B,); x·1 + target·0 = x
+    grey = _luma(x)  # (B, 1, H, W)
+    mean = grey.mean(dim=(1, 2, 3), keepdim=True) * (op == 1)[:, None, None, None]  # (B, 1, 1, 1); black if op 0
+    return _blend(x, torch.where((op == 2)[:, None, None, None], grey, mean), ratio)
+
+
+def _luma(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(1)  # (B, H, W) each
+    return (r * LUMA[0] + g * LUMA[1] + b * LUMA[2]).unsqueeze(1)  # (B, 1, H, W)
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """torchvision's float blend: factor·x + (1 − factor)·other, clamped to [0, 1]."""
+    f = factor[:, None, None, None]  # (B, 1, 1, 1)
+    return (x * f + other * (1 - f)).clamp_(0, 1)
+
+
+def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
+    return (x * factor[:, None, None, None]).clamp_(0, 1)
+
+
+def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+    return _blend(x, _luma(x).mean(dim=(1, 2, 3), keepdim=True), factor)  # blend with the mean grey level
+
+
+def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+    return _blend(x, _luma(x), factor)
+
+
+def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
+    """Rotate the hue by factor (turns, in [−0.5, 0.5]) through RGB → HSV → RGB."""
+    r, g, b = x.unbind(1)  # (B, H, W) each
+    v = x.amax(1)  # (B, H, W) HSV value
+    chroma = v - x.amin(1)  # (B, H, W) = v·s
+    # hue in sixths of a turn, measured from the largest channel; grey pixels (chroma 0) get 0 and keep any hue
+    hue6 = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * chroma, r - g + 4 * chroma))
+    hue6 = hue6.div_(torch.where(chroma > 0, chroma, 1.0)).add_(6 * factor[:, None, None])
+    # HSV → RGB: channel n ∈ (5, 3, 1) for (R, G, B) is v − v·s·clamp(min(k, 4 − k), 0, 1), k = (n + 6·h) mod 6
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype)[None, :, None, None]  # (1, 3, 1, 1): 5, 3, 1
+    k = torch.remainder(n + hue6[:, None], 6)  # (B, 3, H, W)
+    return v[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
+
+
+def grayscale(x: Tensor) -> Tensor:
+    return _luma(x).expand_as(x)  # (B, 3, H, W), the luma in every channel
+
+
+def gaussian_blur(x: Tensor, sigma_px: Tensor, kernel_px: int) -> Tensor:
+    """Separable Gaussian blur with per-sample sigma_px (B,), odd kernel_px taps, reflect padding (as torchvision)."""
+    B, C, H, W = x.shape
+    pad_px = kernel_px // 2
+    offset_px = torch.arange(kernel_px, device=x.device, dtype=x.dtype) - pad_px  # (k,)
+    kernel = torch.exp(-0.5 * (offset_px / sigma_px[:, None]) ** 2)  # (B, k)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B·C, k), one per channel
+    y = F.pad(x, (pad_px,) * 4, mode="reflect").reshape(1, B * C, H + 2 * pad_px, W + 2 * pad_px)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=B * C)  # (1, B·C, H, W + 2·pad) rows blurred
+    y = F.conv2d(y, kernel[:, None, None, :], groups=B * C)  # (1, B·C, H, W)
+    return y.view(B, C, H, W)
+
+
+def solarize(x: Tensor, threshold: float) -> Tensor:
+    return torch.where(x >= threshold, 1 - x, x)
