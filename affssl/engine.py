@@ -62,7 +62,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
 
     learner = Learner(spec).to(device)
     counts = learner.param_counts()
-    if spec.train.channels_last:
+    if spec.train.channels_last and device.type == "cuda":  # on CPU it slows BatchNorm backward ×10
         learner = learner.to(memory_format=torch.channels_last)
     params = [p for p in learner.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, spec.optim, fused=device.type == "cuda")
@@ -76,6 +76,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
             kept = [r for r in runs.read_metrics(run) if r.get("epoch", 0) <= start_epoch]
             (run / runs.METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
     elif distributed.is_main():
+        run.mkdir(parents=True, exist_ok=True)
         runs.write_spec(run, spec)
         overhead = counts["head"] / counts["total"]
         runs.append_metrics(run, {"kind": "params", **counts, "head_overhead_frac": overhead})

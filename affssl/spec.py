@@ -161,7 +161,7 @@ class TrainSpec(_Spec):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(10, ge=1, description="also keep epoch-NNNN.safetensors every N epochs")
     log_every: int = Field(10, ge=1, description="steps between metric lines (each one syncs the device)")
-    channels_last: bool = True
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA (CPU keeps NCHW)")
     amp: bool = Field(True, description="bf16 autocast on CUDA")
     compile: bool = False
 

@@ -1,0 +1,369 @@
+"""Datasets → uint8 tensors in memory, plus the epoch batch iterator (design decision 1).
+
+`load_dataset` turns a `DataSpec` into a `Dataset` of (N, 3, S, S) uint8 images and int64 labels
+from sklearn's digits (offline default), six torchvision data sets, or any image folder. Decoding
+happens once: the full data is cached as safetensors under a sha256 key of the source's identity
+(paths, sizes, mtimes), the image size and a format version, so an edit to the source invalidates
+it. `--limit` is applied after the cache, stratified and seeded. Randomness takes explicit Generators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from rich.console import Console
+from rich.progress import Progress
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.transforms.v2 import functional as TF
+
+from affssl.errors import UserError
+from affssl.spec import DataSpec
+
+FORMAT_VERSION = 1  # bump when the decoded content changes, so old cache files are not reused
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+TORCHVISION: dict[str, str] = {  # --dataset name → torchvision.datasets class
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "stl10": "STL10",
+    "svhn": "SVHN",
+    "mnist": "MNIST",
+    "fashion-mnist": "FashionMNIST",
+}
+LAYOUTS = "PATH/train/<class>/*.jpg (+ PATH/test/<class>/*.jpg), PATH/<class>/*.jpg, or PATH/*.jpg (unlabelled)"
+_CHUNK_FILES, _CHUNK_BYTES = 1024, 32 << 20  # decode in batches; bounds memory for large images
+
+
+class DataError(UserError):
+    """A data set that cannot be loaded; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: Tensor  # (N, 3, S, S) uint8
+    labels: Tensor | None  # (N,) int64; None for unlabelled folders
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split | None
+    classes: tuple[str, ...]  # empty for unlabelled
+
+
+Loaded = tuple[Split, Split | None, tuple[str, ...]]
+Entry = tuple[str, int, int]  # (path, size, mtime_ns)
+Files = dict[str, tuple[list[Entry], list[int] | None]]  # split → (sorted image files, labels or None)
+
+
+def cache_dir(spec: DataSpec) -> Path:
+    """spec.root, else $AFFSSL_CACHE, else ~/.cache/affssl."""
+    return Path(spec.root or os.environ.get("AFFSSL_CACHE") or Path.home() / ".cache" / "affssl")
+
+
+def load_dataset(spec: DataSpec, seed: int = 0, progress: bool = False) -> Dataset:
+    """Load, resize to spec.image_size_px, apply spec.limit to train (stratified, seeded by `seed`)."""
+    source, identify, build = _plan(spec, progress)
+    loaded = _read_cache(_cache_path(spec, source, identify()), spec.image_size_px) if spec.cache else None
+    if loaded is None:
+        loaded = build()
+        if spec.cache:  # identify again: a download may have just created the source files
+            _write_cache(_cache_path(spec, source, identify()), *loaded)
+    train, test, classes = loaded
+    if spec.limit is not None:
+        train = subset(train, spec.limit, seed)
+    return Dataset(name=spec.dataset, train=train, test=test, classes=classes)
+
+
+def _plan(spec: DataSpec, progress: bool) -> tuple[str, Callable[[], object], Callable[[], Loaded]]:
+    """(source id, identity of its files for the cache key, loader) for spec.dataset."""
+    name, size = spec.dataset, spec.image_size_px
+    if name == "digits":
+        data = Path(find_spec("sklearn").origin).parent / "datasets" / "data"  # located without importing it
+        csv = _identity(data, _files_in(str(data), False, ("digits.csv.gz",)))
+        return name, partial(list, csv), partial(_digits, size)
+    if name in TORCHVISION:
+        root = cache_dir(spec) / name
+        files = partial(_files_in, str(root), True, ("",))  # every file: archives and extracted
+        return name, lambda: _identity(root, files() if root.is_dir() else []), partial(_torchvision, name, root, size)
+    splits, classes, folder = _scan_folder(Path(name).expanduser())
+    identity = [_identity(folder, files) for files, _ in splits.values()]
+    return str(folder), partial(list, identity), partial(_decode_folder, splits, classes, folder, size, progress)
+
+
+def subset(split: Split, n: int, seed: int) -> Split:
+    """n items (all if n ≥ N), class proportions kept when labelled; same seed → same items, in order."""
+    if n >= len(split.images):
+        return split
+    gen = torch.Generator().manual_seed(seed)
+    if split.labels is None:
+        idx = torch.randperm(len(split.images), generator=gen)[:n].sort().values  # (n,)
+        return Split(split.images[idx], None)
+    idx = _stratified(split.labels, n, gen)
+    return Split(split.images[idx], split.labels[idx])
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator, drop_last: bool = True) -> Iterator[Tensor]:
+    """Yield int64 index tensors of one epoch: a permutation from gen split into batches."""
+    chunks = list(torch.randperm(n, generator=gen).split(batch_size))  # drawn now: gen advances per call
+    if drop_last and chunks and len(chunks[-1]) < batch_size:
+        chunks.pop()
+    return iter(chunks)
+
+
+def _stratified(labels: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    """Sorted indices of n items; per-class counts by largest remainder (ties → lower class)."""
+    classes, counts = labels.unique(return_counts=True)  # (C,), (C,)
+    take, remainder = (counts * n).div(len(labels), rounding_mode="floor"), (counts * n) % len(labels)
+    take[torch.argsort(-remainder, stable=True)[: n - int(take.sum())]] += 1
+    picks = []
+    for c, k in zip(classes.tolist(), take.tolist(), strict=True):
+        members = (labels == c).nonzero().squeeze(1)  # (n_c,)
+        picks.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    return torch.cat(picks).sort().values  # (n,)
+
+
+def _square(images: Tensor, size: int) -> Tensor:
+    """(N, 3, h, w) uint8 → (N, 3, S, S): short side to S (antialiased), centre crop."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return TF.center_crop(TF.resize(images, size, antialias=True), [size, size]).contiguous()
+
+
+def _to_images(array: np.ndarray | Tensor, size: int) -> Tensor:
+    """(N, h, w), (N, h, w, 3) or (N, 3, h, w) uint8 array → (N, 3, S, S) uint8 tensor."""
+    x = torch.as_tensor(np.asarray(array))
+    if x.ndim == 3:  # grey (N, h, w)
+        x = x.unsqueeze(1).expand(-1, 3, -1, -1)
+    elif x.shape[1] != 3:  # channels last (N, h, w, 3)
+        x = x.permute(0, 3, 1, 2)
+    return _square(x.contiguous(), size)
+
+
+def _digits(size: int) -> Loaded:
+    """sklearn digits with a fixed stratified 80/20 split (seed 0, independent of the run seed)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    grey = torch.from_numpy(bunch.images * (255 / 16)).round().to(torch.uint8)  # (1797, 8, 8)
+    images, labels = _to_images(grey, size), torch.from_numpy(bunch.target).long()
+    test_idx = _stratified(labels, round(0.2 * len(labels)), torch.Generator().manual_seed(0))
+    is_train = torch.ones(len(labels), dtype=torch.bool)
+    is_train[test_idx] = False
+    train, test = Split(images[is_train], labels[is_train]), Split(images[test_idx], labels[test_idx])
+    return train, test, tuple(str(d) for d in range(10))
+
+
+def _torchvision(name: str, root: Path, size: int) -> Loaded:
+    """Open without download, then with; offline → DataError pointing at `--dataset PATH`."""
+    cls, splits, classes = getattr(torchvision.datasets, TORCHVISION[name]), [], ()
+    for part in ("train", "test"):
+        kwargs = {"split": part} if name in ("stl10", "svhn") else {"train": part == "train"}
+        try:
+            ds = cls(str(root), download=False, **kwargs)
+        except (RuntimeError, OSError):
+            try:
+                ds = cls(str(root), download=True, **kwargs)
+            except (RuntimeError, OSError) as err:
+                raise DataError(
+                    f"data set {name!r} could not be downloaded into {root} ({err}); connect to the internet and "
+                    f"retry, or pass `--dataset PATH` with an image folder laid out as {LAYOUTS}"
+                ) from err
+        targets = getattr(ds, "targets", None)
+        labels = torch.as_tensor(np.asarray(ds.labels if targets is None else targets)).long()  # (N,)
+        splits.append(Split(_to_images(ds.data, size), labels))
+        classes = tuple(getattr(ds, "classes", None) or (str(c) for c in range(int(labels.max()) + 1)))
+    return splits[0], splits[1], classes
+
+
+def _files_in(folder: str, recursive: bool, suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Entry]:
+    """Files in folder (and below when recursive), sorted by path; os.scandir, as pathlib is slow."""
+    found = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                found += _files_in(e.path, True, suffixes) if recursive else []
+            elif e.name.lower().endswith(suffixes):
+                st = e.stat()
+                found.append((e.path, st.st_size, st.st_mtime_ns))
+    return sorted(found)
+
+
+def _scan_split(folder: Path, classes: tuple[str, ...]) -> tuple[list[Entry], list[int] | None, tuple[str, ...]]:
+    """Files and labels of one split: class sub-folders (sorted by name, as ImageFolder) or loose images."""
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    per_class = {d.name: files for d in subdirs if (files := _files_in(str(d), recursive=True))}
+    if not per_class:
+        return _files_in(str(folder), recursive=False), None, ()
+    classes = classes or tuple(per_class)
+    if unknown := sorted(set(per_class) - set(classes)):
+        raise DataError(f"{folder} has classes {unknown} that train/ lacks; use the same class folders in both")
+    labels = [classes.index(c) for c, files in per_class.items() for _ in files]
+    return [f for files in per_class.values() for f in files], labels, classes
+
+
+def _scan_folder(path: Path) -> tuple[Files, tuple[str, ...], Path]:
+    if not path.is_dir():
+        raise DataError(
+            f"--dataset {str(path)!r} is neither a known data set (digits, {', '.join(TORCHVISION)}) nor an "
+            f"existing folder; pass one of those or an image folder laid out as {LAYOUTS}"
+        )
+    folder = path.resolve()
+    has_split = (folder / "train").is_dir()
+    train_files, train_labels, classes = _scan_split(folder / "train" if has_split else folder, ())
+    if not train_files:
+        raise DataError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)}); expected {LAYOUTS}")
+    splits = {"train": (train_files, train_labels)}
+    if has_split and (folder / "test").is_dir():
+        test_files, test_labels, _ = _scan_split(folder / "test", classes)
+        if test_files and (test_labels is None) != (train_labels is None):
+            raise DataError(f"{folder}: train/ and test/ must both have class folders, or neither")
+        if test_files:
+            splits["test"] = (test_files, test_labels)
+    return splits, classes, folder
+
+
+def _identity(root: Path, files: list[Entry]) -> list[Entry]:
+    """(path relative to root, size, mtime_ns) per file: any edit changes the cache key."""
+    return [(path[len(str(root)) + 1 :], size, mtime) for path, size, mtime in files]
+
+
+def _decode_folder(splits: Files, classes: tuple[str, ...], folder: Path, size: int, progress: bool) -> Loaded:
+    total, failures, out = sum(len(files) for files, _ in splits.values()), [], {}
+    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"decoding {folder}", total=total)
+        for part, (files, labels) in splits.items():
+            images = _decode_files(files, size, failures, partial(bar.advance, task))
+            out[part] = Split(images, None if labels is None else torch.tensor(labels, dtype=torch.int64))
+    if failures:
+        listed = "; ".join(f"{f} ({why})" for f, why in failures[:5])
+        raise DataError(
+            f"{len(failures)} image file(s) in {folder} could not be decoded: {listed}"
+            f"{' …' if len(failures) > 5 else ''}; remove or replace them"
+        )
+    return out["train"], out.get("test"), classes
+
+
+def _decode_files(files: list[Entry], size: int, failures: list, advance: Callable[[int], None]) -> Tensor:
+    """Read and decode in chunks; unreadable files are added to failures as (path, reason)."""
+    out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)  # (N, 3, S, S)
+    pending, nbytes = [], 0
+    for i, (path, _, _) in enumerate(files):
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as err:
+            data = err.strerror or str(err)
+        pending.append((path, data))
+        nbytes += len(data)
+        if len(pending) == _CHUNK_FILES or nbytes >= _CHUNK_BYTES or i == len(files) - 1:
+            _decode_chunk(pending, out[i + 1 - len(pending) : i + 1], failures)
+            advance(len(pending))
+            pending, nbytes = [], 0
+    return out
+
+
+def _decode_chunk(pending: list[tuple[str, bytes | str]], out: Tensor, failures: list) -> None:
+    """Decode (path, bytes or read error) pairs into out (n, 3, S, S); a failed slot keeps garbage."""
+    raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) if d and isinstance(d, bytes) else d for _, d in pending]
+    images: list[Tensor | None] = [None] * len(pending)
+    jpegs = [i for i, (_, d) in enumerate(pending) if isinstance(d, bytes) and d[:3] == b"\xff\xd8\xff"]
+    with warnings.catch_warnings():  # torchvision ≥ 0.29 warns on every image call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:  # one call for all the JPEGs: faster than decode_image per file
+            decoded = decode_jpeg([raw[i] for i in jpegs], mode=ImageReadMode.RGB) if jpegs else []
+            for i, img in zip(jpegs, decoded, strict=True):
+                images[i] = img  # (3, h, w)
+        except RuntimeError:
+            pass  # one bad file fails the whole batch: decode one by one below to find it
+        for i, ((path, _), r) in enumerate(zip(pending, raw, strict=True)):
+            if images[i] is None:
+                images[i] = _decode_one(path, r, failures)
+    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, img in enumerate(images):
+        if img is not None:
+            by_shape[tuple(img.shape)].append(i)
+    for idx in by_shape.values():  # resize each group of equal-size images in one call
+        out[idx] = _square(torch.stack([images[i] for i in idx]), out.shape[-1])
+
+
+def _decode_one(path: str, raw: Tensor | str, failures: list) -> Tensor | None:
+    """torchvision.io, else PIL (BMP); None, with (path, reason) added to failures, when neither reads it."""
+    if not isinstance(raw, Tensor):
+        failures.append((path, raw or "empty file"))
+        return None
+    try:
+        return TF.to_dtype(decode_image(raw, mode=ImageReadMode.RGB), torch.uint8, scale=True)  # 16-bit PNG
+    except RuntimeError as err:
+        reason = re.sub(r"^.*\.cpp:\d+,\s*", "", str(err).strip())
+    try:
+        with Image.open(io.BytesIO(raw.numpy().tobytes())) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, h, w)
+    except (OSError, ValueError):
+        failures.append((path, reason))
+        return None
+
+
+def _cache_path(spec: DataSpec, source: str, identity: object) -> Path:
+    blob = json.dumps([source, identity, spec.image_size_px, FORMAT_VERSION])
+    return cache_dir(spec) / "decoded" / f"{hashlib.sha256(blob.encode()).hexdigest()}.safetensors"
+
+
+def _read_cache(path: Path, size: int) -> Loaded | None:
+    """The cached data, or None when absent, corrupt or malformed (the caller then rewrites it)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            classes = tuple(json.loads(f.metadata()["classes"]))
+            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        return None
+    splits = [Split(t[f"images_{p}"], t.get(f"labels_{p}")) if f"images_{p}" in t else None for p in ("train", "test")]
+    for s in filter(None, splits):  # a foreign or hand-edited file counts as corrupt
+        labels_ok = s.labels is None or (s.labels.dtype == torch.int64 and s.labels.shape == s.images.shape[:1])
+        if s.images.dtype != torch.uint8 or s.images.shape[1:] != (3, size, size) or not labels_ok:
+            return None
+    return (splits[0], splits[1], classes) if splits[0] is not None else None
+
+
+def _write_cache(path: Path, train: Split, test: Split | None, classes: tuple[str, ...]) -> None:
+    """Atomic: write a temp file in the same folder, then rename it into place."""
+    tensors: dict[str, Tensor] = {}
+    for part, split in (("train", train), ("test", test)):
+        for kind, t in (("images", split and split.images), ("labels", split and split.labels)):
+            if t is not None:
+                tensors[f"{kind}_{part}"] = t.contiguous()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        warnings.warn(f"decode cache not written ({err}); set data.root to a writable folder", stacklevel=3)
+        return
+    try:
+        save_file(tensors, tmp, metadata={"classes": json.dumps(list(classes)), "format": str(FORMAT_VERSION)})
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

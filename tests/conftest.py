@@ -1,0 +1,67 @@
+"""Shared fixtures: the real CIFAR-10 image folder, extracted once per session."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CIFAR-10 as train/<class>/*.jpg + test/<class>/*.jpg; skips when the tarball is absent."""
+    tarball = SHARED_DATA / "cifar10-jpg.tar.gz"
+    if not tarball.is_file():
+        pytest.skip(f"{tarball} is absent (the shared data folder is not next to the project)")
+    root = tmp_path_factory.mktemp("cifar10")
+    with tarfile.open(tarball, "r|gz") as tar:  # streaming: one pass over the archive
+        tar.extractall(root, filter="data")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints for the eval and export tests: untrained but complete (format affssl.train/1).
+
+TINY = ("backbone.width=8", "data.image_size_px=16", "data.dataset=digits")
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """Factory: write RUN/last.safetensors for a spec (preset default + overrides), weights from seed 0.
+
+    BatchNorm running statistics and affine weights are randomised, so a test notices a model that
+    extracts in train mode or loads a tensor under the wrong key.
+    """
+    import torch
+
+    from affssl.engine import save_checkpoint
+    from affssl.learner import Learner
+    from affssl.spec import load_spec
+
+    def make(overrides: tuple[str, ...] = TINY, name: str = "run") -> Path:
+        spec = load_spec("default", list(overrides))
+        torch.manual_seed(0)
+        learner = Learner(spec)
+        gen = torch.Generator().manual_seed(1)
+        for m in learner.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                m.weight.data.copy_(0.5 + torch.rand(n, generator=gen))
+                m.bias.data.copy_(0.1 * torch.randn(n, generator=gen))
+        path = tmp_path_factory.mktemp(name) / "last.safetensors"
+        optimizer = torch.optim.Adam(learner.parameters())
+        save_checkpoint(path, learner, optimizer, spec, {"epoch": 1, "step": 1})
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(make_checkpoint) -> Path:
+    """ResNet-18 of width 8 at 16 px, SimCLR + affine module, data set digits."""
+    return make_checkpoint(TINY, "tiny")

@@ -1,0 +1,148 @@
+"""Pretraining end to end on tiny data: files, loss, determinism, exact resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from affssl import runs
+from affssl.checkpoint import TRAIN_FORMAT
+from affssl.engine import pretrain
+from affssl.spec import RunSpec, load_spec
+
+TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "data.limit=128"]
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+def tiny(*overrides: str) -> RunSpec:
+    return load_spec("default", [*TINY, *overrides])
+
+
+def header(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """A labelled image folder with train/ and test/: two classes told apart by colour and shape."""
+    root = tmp_path_factory.mktemp("folder")
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 48), ("test", 16)):
+        for label, name in enumerate(("reds", "blues")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 60, (20, 20, 3), generator=g, dtype=torch.uint8)
+                pixels[4:16, 4 + 4 * label : 12 + 4 * label, label * 2] = 230
+                mode = "L" if i % 5 == 0 else "RGB"  # grey-scale files mixed in
+                Image.fromarray(pixels.numpy()).convert(mode).save(root / split / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.mark.parametrize("base", ["simclr", "byol", "barlow"])
+@pytest.mark.parametrize("with_affine", [True, False])
+def test_pretrain_writes_run_and_loss_goes_down(tmp_path, base, with_affine):
+    spec = tiny(f"method.name={base}", f"affine.enabled={str(with_affine).lower()}", "train.epochs=4",
+                "train.log_every=2", "data.limit=256", "train.batch_size=64", "optim.lr=0.003",
+                "method.proj_hidden=64", "method.proj_out=16")  # fmt: skip
+    run = tmp_path / "run"
+    last = pretrain(spec, run, show_progress=False)
+    assert last == run / runs.LAST and last.is_file()
+    assert RunSpec.model_validate_json((run / runs.SPEC).read_text()) == spec
+    meta = header(last)
+    assert meta["format"] == TRAIN_FORMAT and RunSpec.model_validate_json(meta["spec"]) == spec
+    epochs = [r for r in runs.read_metrics(run) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+    assert ("loss_affine" in epochs[0]) == with_affine
+    assert epochs[-1]["loss"] < epochs[0]["loss"], [r["loss"] for r in epochs]
+    if with_affine:
+        assert epochs[-1]["loss_affine"] < epochs[0]["loss_affine"]
+    keys = load_file(last).keys()
+    assert any(k.startswith("model.head.") for k in keys) == with_affine
+    assert any(k.startswith("optim.") for k in keys)
+
+
+def test_pretrain_on_image_folder(tmp_path, image_folder):
+    spec = tiny(f"data.dataset={json.dumps(str(image_folder))}", "data.limit=96", "train.epochs=2")
+    pretrain(spec, tmp_path / "run", show_progress=False)
+    assert (tmp_path / "run" / runs.LAST).is_file()
+
+
+@pytest.mark.slow
+def test_pretrain_on_cifar10(tmp_path, cifar10_dir):
+    for base in ("simclr", "byol", "barlow"):
+        for on in ("true", "false"):
+            spec = tiny(f"data.dataset={json.dumps(str(cifar10_dir))}", f"method.name={base}",
+                        f"affine.enabled={on}", "train.epochs=2", "data.limit=128")  # fmt: skip
+            run = tmp_path / f"{base}-{on}"
+            pretrain(spec, run, show_progress=False)
+            epochs = [r for r in runs.read_metrics(run) if r["kind"] == "epoch"]
+            assert len(epochs) == 2 and all(r["loss"] == r["loss"] for r in epochs)  # finite
+
+
+@pytest.mark.parametrize("overrides", [
+    ["affine.views=2"], ["affine.aggregation=concat"], ["affine.location=projector"], ["affine.fill=bounded"],
+    ["affine.components=['scale','shear']"], ["method.name=byol", "affine.location=projector"],
+    ["affine.interpolation=bilinear", "affine.target=standardized"], ["optim.schedule=cosine", "optim.warmup_epochs=1"],
+])  # fmt: skip
+def test_ablation_variants_train(tmp_path, overrides):
+    spec = tiny("train.epochs=1", *overrides)
+    pretrain(spec, tmp_path / "run", show_progress=False)
+    assert len([r for r in runs.read_metrics(tmp_path / "run") if r["kind"] == "epoch"]) == 1
+
+
+def test_same_seed_gives_bit_identical_checkpoints(tmp_path):
+    spec = tiny("train.epochs=2", "method.name=byol")
+    a = load_file(pretrain(spec, tmp_path / "a", show_progress=False))
+    b = load_file(pretrain(spec, tmp_path / "b", show_progress=False))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = load_file(pretrain(tiny("train.epochs=2", "method.name=byol", "train.seed=1"), tmp_path / "c",
+                           show_progress=False))  # fmt: skip
+    assert not torch.equal(a["model.backbone.conv1.weight"], c["model.backbone.conv1.weight"])
+
+
+def test_param_overhead_logged(tmp_path):
+    pretrain(tiny("train.epochs=1"), tmp_path / "run", show_progress=False)
+    params = runs.read_metrics(tmp_path / "run")[0]
+    assert params["kind"] == "params" and params["head"] > 0
+    assert params["head_overhead_frac"] == pytest.approx(params["head"] / params["total"])
+
+
+def cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "affssl", "pretrain", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    args = ["--no-progress", "--epochs", "5", "--set", "method.name=byol"] + [a for o in TINY for a in ("--set", o)]
+    full = cli(*args, "--out", str(tmp_path / "full"))
+    assert full.wait(timeout=600) == 0, full.stdout.read().decode()
+
+    run = tmp_path / "killed"
+    proc = cli(*args, "--out", str(run))
+    deadline = time.time() + 600
+    while not (run / runs.LAST).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(header(run / runs.LAST)["epoch"])
+    assert 1 <= killed_at < 5, "the run ended before it could be killed"
+
+    resumed = cli("--no-progress", "--resume", "--out", str(run))
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read().decode()
+    a, b = load_file(tmp_path / "full" / runs.LAST), load_file(run / runs.LAST)
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    epochs = [r["epoch"] for r in runs.read_metrics(run) if r["kind"] == "epoch"]
+    assert epochs == [1, 2, 3, 4, 5]
