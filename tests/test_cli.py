@@ -1,0 +1,87 @@
+"""The pretrain command: flags, --print-spec, and one-line errors (exit 2, no traceback)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from affssl.cli import app
+
+runner = CliRunner()
+TINY = ["--set", "backbone.width=4", "--set", "data.image_size_px=16", "--batch-size", "32", "--limit", "64"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert fragment in result.output, result.output
+
+
+def test_print_spec_applies_flags_then_set():
+    result = run("pretrain", "--base", "barlow", "--no-affine", "--components", "scale,shear", "--epochs", "3",
+                 "--set", "train.epochs=5", "--print-spec")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    spec = json.loads(result.output)
+    assert spec["method"]["name"] == "barlow" and spec["affine"]["weight"] == 10.0
+    assert spec["affine"]["enabled"] is False and spec["affine"]["components"] == ["scale", "shear"]
+    assert spec["train"]["epochs"] == 5
+
+
+def test_pretrain_tiny_run_and_refuse_overwrite(tmp_path):
+    out = tmp_path / "run"
+    result = run("pretrain", "--epochs", "1", "--no-progress", "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+    assert f"checkpoint: {out / 'last.safetensors'}" in result.output.replace("\n", "")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert_one_line_error(run("pretrain", "--epochs", "1", "--out", out, *TINY), "--resume")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+
+
+def corrupt_folder(root):
+    (root / "cats").mkdir(parents=True)
+    (root / "cats" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--base", "moco"], "unknown base method 'moco'"),
+        (["--set", "optim.lrr=0.1"], "optim.lrr: unknown key"),
+        (["--set", "train.batch_size='big'"], "train.batch_size"),
+        (["--epochs", "-1"], "train.epochs"),
+        (["--components", "scale,spin"], "affine.components"),
+        (["--dataset", "/no/such/folder"], "/no/such/folder"),
+        (["--resume", "--out", "/no/such/run"], "nothing to resume"),
+        (["--resume"], "--resume needs --out"),
+    ],
+)
+def test_bad_input_is_one_line(args, fragment):
+    assert_one_line_error(run("pretrain", "--no-progress", *args), fragment)
+
+
+def test_bad_files_are_one_line(tmp_path):
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("[train\n")
+    assert_one_line_error(run("pretrain", bad_toml), "not valid TOML")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run("pretrain", "--dataset", empty, "--out", tmp_path / "r1"), str(empty))
+    folder = corrupt_folder(tmp_path / "corrupt")
+    assert_one_line_error(run("pretrain", "--dataset", folder, "--out", tmp_path / "r2"), "broken.jpg")
+
+
+def test_wrong_type_flag_is_rejected_by_typer():
+    result = run("pretrain", "--epochs", "ten")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_debug_shows_traceback():
+    result = run("--debug", "pretrain", "--base", "moco")
+    assert result.exit_code != 0 and result.exception is not None
