@@ -19,6 +19,8 @@ from affssl.errors import UserError
 COMPONENTS: tuple[str, ...] = ("rotation", "translation", "scale", "shear")
 # Paper §1.6: λ = 1 for SimCLR and BYOL, 10 for Barlow Twins (the run reported as BT + Affine).
 DEFAULT_AFFINE_WEIGHT: dict[str, float] = {"simclr": 1.0, "byol": 1.0, "barlow": 10.0}
+# Square size used when data.image_size_px is not given (digits are 8×8, upscaled for the CNN).
+NATIVE_SIZE_PX = {"digits": 16, "cifar10": 32, "cifar100": 32, "svhn": 32, "stl10": 96, "mnist": 28, "fashion-mnist": 28}
 PRESETS: tuple[str, ...] = ("default", "paper", "cifar10-cpu")
 
 
@@ -37,12 +39,20 @@ class DataSpec(_Spec):
     dataset: str = Field(
         "digits", description="digits | cifar10 | cifar100 | stl10 | svhn | mnist | fashion-mnist | PATH"
     )
-    image_size_px: int = Field(32, ge=8, le=512, description="images are resized to this square size")
+    image_size_px: int | None = Field(
+        None, ge=8, le=512, description="images are resized to this square size; None → the data set's own"
+    )
     limit: int | None = Field(None, ge=1, description="train on this many images (stratified when labelled)")
     root: Path | None = Field(
         None, description="download/cache folder (default ~/.cache/affssl or $AFFSSL_CACHE)"
     )
     cache: bool = Field(True, description="keep decoded uint8 tensors on disk so the next run skips decoding")
+
+    @model_validator(mode="after")
+    def _native_size(self) -> DataSpec:
+        if self.image_size_px is None:
+            object.__setattr__(self, "image_size_px", NATIVE_SIZE_PX.get(self.dataset, 32))
+        return self
 
 
 class AugmentSpec(_Spec):
