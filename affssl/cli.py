@@ -171,6 +171,267 @@ def pretrain(
     distributed.teardown()
 
 
+# ---------------------------------------------------------------------------------------------
+# Evaluation and export: each command rebuilds the backbone from the file's header (no --arch).
+
+eval_app = typer.Typer(no_args_is_help=True, help="Probe the frozen encoder of a checkpoint or export.")
+app.add_typer(eval_app, name="eval")
+
+CkptArg = Annotated[Path, typer.Argument(help="RUN/last.safetensors, or an `affssl export` file.", show_default=False)]
+EvalDatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Data set to probe (default: the checkpoint's own): a name or an image folder; another one is transfer."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")]
+EvalDeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
+EvalBatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+EvalSeedOpt = Annotated[int, typer.Option(help="Base seed of the validation splits, carved splits and φ draws.")]
+EvalLimitOpt = Annotated[int | None, typer.Option(min=1, help="Probe with N train images (stratified): quick look.")]
+CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and keep features in RUN/eval/cache.")]
+
+
+def _show(record: dict, as_json: bool) -> None:
+    from affssl.eval.report import table
+
+    if as_json:
+        typer.echo(json.dumps(record))
+    else:
+        out.print(table(record), highlight=False)
+
+
+@eval_app.command("linear")
+@friendly
+def eval_linear(
+    ckpt: CkptArg,
+    dataset: EvalDatasetOpt = None,
+    trials: Annotated[int, typer.Option(min=1, help="Trials: validation seeds seed…seed+N−1.")] = 5,
+    json_: JsonOpt = False,
+    device: EvalDeviceOpt = "auto",
+    batch_size: EvalBatchOpt = 256,
+    seed: EvalSeedOpt = 0,
+    limit: EvalLimitOpt = None,
+    cache: CacheOpt = True,
+) -> None:
+    """The paper's linear probe: logistic regression, C chosen on a validation split of train; mean ± 95 % CI."""
+    from affssl.eval import evaluate_linear
+
+    _show(
+        evaluate_linear(
+            ckpt,
+            dataset=dataset,
+            trials=trials,
+            seed=seed,
+            limit=limit,
+            device=device,
+            batch_size=batch_size,
+            cache=cache,
+            progress=err.is_terminal,
+        ),
+        json_,
+    )
+
+
+@eval_app.command("knn")
+@friendly
+def eval_knn(
+    ckpt: CkptArg,
+    dataset: EvalDatasetOpt = None,
+    json_: JsonOpt = False,
+    device: EvalDeviceOpt = "auto",
+    batch_size: EvalBatchOpt = 256,
+    seed: EvalSeedOpt = 0,
+    limit: EvalLimitOpt = None,
+    cache: CacheOpt = True,
+) -> None:
+    """Weighted cosine kNN (k = 20 and 200, T = 0.1) on frozen features."""
+    from affssl.eval import evaluate_knn
+
+    _show(
+        evaluate_knn(
+            ckpt,
+            dataset=dataset,
+            seed=seed,
+            limit=limit,
+            device=device,
+            batch_size=batch_size,
+            cache=cache,
+            progress=err.is_terminal,
+        ),
+        json_,
+    )
+
+
+@eval_app.command("affine")
+@friendly
+def eval_affine(
+    ckpt: CkptArg,
+    dataset: EvalDatasetOpt = None,
+    json_: JsonOpt = False,
+    device: EvalDeviceOpt = "auto",
+    batch_size: EvalBatchOpt = 256,
+    seed: EvalSeedOpt = 0,
+    limit: EvalLimitOpt = None,
+    cache: CacheOpt = True,
+) -> None:
+    """Equivariance probe: R² of φ (rotation, translation, scale, shear) from features of an image and its warp."""
+    from affssl.eval import evaluate_affine
+
+    _show(
+        evaluate_affine(
+            ckpt,
+            dataset=dataset,
+            seed=seed,
+            limit=limit,
+            device=device,
+            batch_size=batch_size,
+            cache=cache,
+            progress=err.is_terminal,
+        ),
+        json_,
+    )
+
+
+@app.command("export")
+@friendly
+def export_backbone(
+    ckpt: CkptArg,
+    out_path: Annotated[Path, typer.Option("--out", help="File to write.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="safetensors | onnx (needs affssl[onnx]).")] = "safetensors",
+    json_: JsonOpt = False,
+) -> None:
+    """Write the backbone alone; safetensors keys are those of torchvision's ResNet (fc removed)."""
+    from affssl.export import export
+
+    summary = export(ckpt, out_path, fmt)
+    if json_:
+        typer.echo(json.dumps(summary))
+        return
+    check = f", ONNX Runtime vs torch max |diff| {summary['max_abs_diff']:.1e}" if "max_abs_diff" in summary else ""
+    out.print(
+        f"[green]exported[/] {summary['path']} ({fmt}, {summary['params']:,} parameters, "
+        f"{summary['feat_dim']}-d features{check})",
+        highlight=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablations: variants × seeds as ordinary run folders under OUT, restartable; statistics and plots.
+
+PresetOpt = Annotated[str | None, typer.Option(help="A paper table: main | components | aggregation | views | fill | "
+                                                   "weight | location.")]  # fmt: skip
+BasesOpt = Annotated[str | None, typer.Option("--base", help="Comma list of base methods (default: the spec's; a "
+                                                             "preset's: simclr,byol,barlow).")]  # fmt: skip
+SubsetsOpt = Annotated[str | None, typer.Option(help="together: all listed components at once; singles (default): "
+                                                     "also each alone; all: every non-empty subset.")]  # fmt: skip
+StatUnitOpt = Annotated[str, typer.Option(help="seed: one sample per run; trial: one per linear-probe trial (paper "
+                                               "§2.4); auto: trial for one seed.")]  # fmt: skip
+CurveOpt = Annotated[bool, typer.Option(help="Also probe each periodic checkpoint: accuracy vs epoch and vs time.")]
+AblateOutOpt = Annotated[Path | None, typer.Option("--out", help="Folder (default ablations/<preset or custom>).")]
+EvalDatasetsOpt = Annotated[str | None, typer.Option(help="Comma list of data sets to probe (default: the "
+                                                          "pretraining one).")]  # fmt: skip
+
+
+@app.command()
+@friendly
+def ablate(
+    spec_file: SpecArg = None,
+    preset: PresetOpt = None,
+    bases: BasesOpt = None,
+    components: Annotated[str | None, typer.Option(help=f"Comma list, default {','.join(COMPONENTS)}.")] = None,
+    subsets: SubsetsOpt = None,
+    aggregation: Annotated[str | None, typer.Option(help="Axis, comma list: diff,concat.")] = None,
+    views: Annotated[str | None, typer.Option(help="Axis, comma list: 1,2.")] = None,
+    fill: Annotated[str | None, typer.Option(help="Axis, comma list: black,bounded.")] = None,
+    weight: Annotated[str | None, typer.Option(help="Axis, comma list of λ: e.g. 10,1.")] = None,
+    location: Annotated[str | None, typer.Option(help="Axis, comma list: encoder,projector.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Pretraining seeds per variant: train.seed, train.seed+1, …")] = 1,
+    eval_: Annotated[str, typer.Option("--eval", help="Comma list of probes: linear, knn, affine.")] = "linear",
+    eval_dataset: EvalDatasetsOpt = None,
+    eval_trials: Annotated[int, typer.Option(min=1, help="Linear-probe trials per run (paper: 5).")] = 5,
+    eval_limit: Annotated[int | None, typer.Option(min=1, help="Probe with N train images (stratified).")] = None,
+    eval_max_iter: Annotated[int | None, typer.Option(min=1, help="L-BFGS iterations per linear-probe fit.")] = None,
+    eval_batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass when probing.")] = 256,
+    curve: CurveOpt = False,
+    stat_unit: StatUnitOpt = "auto",
+    dataset: DatasetOpt = None,
+    backbone: BackboneOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    limit: LimitOpt = None,
+    device: DeviceOpt = None,
+    out_dir: AblateOutOpt = None,
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the planned runs and exit.")] = False,
+) -> None:
+    """The paper's ablations (§3): baseline, all listed components, each alone, × axes × seeds; restartable.
+
+    Each (variant, seed) is a run folder OUT/<variant>/seed-<s>/; a finished one is never rerun.
+
+    After a kill, the same command completes only what is missing.
+
+    Writes OUT/ablate.json, results.csv, summary.md (mean ± 95 % CI, Welch p vs the baseline and vs all components)
+    and PNG plots.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from affssl import ablate as ab
+    from affssl.ablate_results import rich_table
+
+    explicit = flag_overrides(None, None, None, dataset, backbone, epochs, batch_size, limit, None, device)
+    explicit += list(set_ or [])
+    default = resolve_spec(spec_file, None, explicit)
+    settings = ab.EvalSettings(
+        protocols=ab.split_list(eval_),
+        datasets=ab.split_list(eval_dataset) or (None,),
+        trials=eval_trials,
+        limit=eval_limit,
+        max_iter=eval_max_iter,
+        batch_size=eval_batch_size,
+        curve=curve,
+    )
+    axes = {"aggregation": aggregation, "views": views, "fill": fill, "weight": weight, "location": location}
+    ablation = ab.make_ablation(default_base=default.method.name, first_seed=default.train.seed, preset=preset,
+                                bases=bases, components=components, subsets=subsets, axes=axes, seeds=seeds,
+                                eval_settings=settings)  # fmt: skip
+    planned = ab.plan(ablation, lambda b, extra: resolve_spec(spec_file, b, explicit + extra))
+    folder = out_dir or Path("ablations") / (preset or "custom")
+    if dry_run:
+        for v in dict.fromkeys(r.variant for r in planned):
+            note = " (all)" if v.reference else ""
+            line = f"{v.name}{note}  seeds {', '.join(map(str, ablation.seeds))}  {' '.join(v.overrides)}"
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+        out.print(f"{len(planned)} runs into {folder}", highlight=False)
+        return
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=out)  # fmt: skip
+    task = progress.add_task("ablate", total=len(planned))
+    doing = {"train": "pretraining", "resume": "resuming", "evaluate": "evaluating", "curve": "probing checkpoints"}
+
+    def report(e) -> None:
+        who = f"[{e.index}/{e.total}] {e.run.variant.name} seed {e.run.seed}"
+        if e.phase in doing:
+            progress.update(task, description=f"{who}: {doing[e.phase]}")
+            return
+        word = "[dim]skipped (finished)[/]" if e.phase == "skip" else f"[green]done[/] in {e.seconds:.0f} s"
+        progress.console.print(f"{who} {word}", highlight=False)
+        progress.update(task, advance=1, description="ablate")
+
+    t0 = time.perf_counter()
+    with progress:
+        result = ab.run(ablation, planned, folder, stat_unit, report)
+    for metric, stats in result.tables.items():
+        out.print(rich_table(metric, stats))
+    out.print(
+        f"{result.finished} of {result.planned} runs in {folder} ({time.perf_counter() - t0:.0f} s); samples: "
+        f"{result.unit}\nresults: {result.results}\nsummary: {result.summary}\nplots: "
+        + ", ".join(str(p) for p in result.plots),
+        highlight=False,
+    )
+
+
 def main() -> None:
     try:
         app()

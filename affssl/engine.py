@@ -47,7 +47,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     """Train per spec into the run folder; returns the path of the last checkpoint."""
     torch.manual_seed(spec.train.seed)  # initial weights
     device = resolve_device(spec.train.device)
-    data = data or load_dataset(spec.data, seed=spec.train.seed, progress=show_progress)
+    data = data or load_dataset(spec.data, seed=spec.train.seed, progress=show_progress and distributed.is_main())
     images = data.train.images.to(device)  # (N, C, S, S) uint8, resident for the whole run
     world, rank = distributed.world_size(), distributed.rank()
     if spec.train.batch_size % world:
@@ -61,6 +61,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     total_steps = steps_per_epoch * spec.train.epochs
 
     learner = Learner(spec).to(device)
+    if world > 1 and spec.train.sync_bn:  # BatchNorm statistics over the global batch, as one process
+        learner = distributed.sync_batchnorm(learner)
     counts = learner.param_counts()
     if spec.train.channels_last and device.type == "cuda":  # on CPU it slows BatchNorm backward ×10
         learner = learner.to(memory_format=torch.channels_last)
@@ -118,7 +120,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                 if (i + 1) % spec.train.log_every == 0 or i + 1 == steps_per_epoch:
                     now = time.perf_counter()
                     n_steps = (i % spec.train.log_every) + 1
-                    record = {k: v.item() / (i + 1) for k, v in sums.items()}  # epoch running means (syncs)
+                    means = distributed.mean(torch.stack(list(sums.values())))  # over ranks (syncs)
+                    record = {k: v.item() / (i + 1) for k, v in zip(sums, means, strict=True)}  # epoch running means
                     record |= {"epoch": epoch + 1, "step": step + 1, "lr": optimizer.param_groups[0]["lr"],
                                "img_per_s": n_steps * spec.train.batch_size / (now - t_log)}  # fmt: skip
                     t_log = now
@@ -127,7 +130,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                     progress.update(task, status=f"loss {record['loss']:.4f}  {record['img_per_s']:.0f} img/s")
                 progress.advance(task)
             seconds = time.perf_counter() - t_epoch
-            summary = {k: v.item() / steps_per_epoch for k, v in sums.items()}
+            means = distributed.mean(torch.stack(list(sums.values())))
+            summary = {k: v.item() / steps_per_epoch for k, v in zip(sums, means, strict=True)}
             summary |= {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "epoch_time_s": seconds,
                         "img_per_s": steps_per_epoch * spec.train.batch_size / seconds}  # fmt: skip
             if distributed.is_main():
@@ -135,8 +139,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                 save_checkpoint(last, learner, optimizer, spec, summary)
                 if (epoch + 1) % spec.train.checkpoint_every == 0 or epoch + 1 == spec.train.epochs:
                     save_checkpoint(runs.epoch_checkpoint(run, epoch + 1), learner, optimizer, spec, summary)
-            if world > 1:
-                torch.distributed.barrier()
+            distributed.barrier()
     return last
 
 

@@ -174,6 +174,8 @@ class TrainSpec(_Spec):
     channels_last: bool = Field(True, description="channels_last memory format on CUDA (CPU keeps NCHW)")
     amp: bool = Field(True, description="bf16 autocast on CUDA")
     compile: bool = False
+    sync_bn: bool = Field(True, description="with several processes, BatchNorm statistics over the global "
+                                            "batch (as one process); off: each process normalises its slice")
 
 
 class RunSpec(_Spec):

@@ -1,0 +1,291 @@
+"""`affssl ablate`: the paper's ablations (§3) as a plan of ordinary runs, executed restartably.
+
+An ablation is base methods × variants × seeds. A variant is a list of dotted overrides on the base
+spec: the baseline turns the affine module off; every other variant picks a subset of the listed
+components and one value per extra axis (aggregation, views, fill, weight, location). Each
+(variant, seed) is an ordinary run folder OUT/<variant>/seed-<s>/ (design.md, run directory
+contract). A run is finished when its last checkpoint reached spec.train.epochs and its eval
+records are current; a finished run is never repeated, an interrupted one resumes from its last
+checkpoint (or restarts when it has none), so a killed ablation is completed by calling it again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from affssl.errors import UserError
+from affssl.spec import COMPONENTS, METHOD_SPECS, RunSpec
+
+ABLATE_FORMAT = "affssl.ablate/1"
+PLAN = "ablate.json"
+Subsets = Literal["together", "singles", "all"]
+SUBSETS: tuple[str, ...] = ("together", "singles", "all")
+AXES: dict[str, str] = {  # extra axis → the AffineSpec field it sets
+    "aggregation": "affine.aggregation",
+    "views": "affine.views",
+    "fill": "affine.fill",
+    "weight": "affine.weight",
+    "location": "affine.location",
+}
+LABEL: dict[str, Callable[[str], str]] = {  # how an axis value appears in a variant's folder name
+    "aggregation": str,
+    "views": lambda v: f"views{v}",
+    "fill": str,
+    "weight": lambda v: f"w{v}",
+    "location": str,
+}
+PAPER_BASES: tuple[str, ...] = ("simclr", "byol", "barlow")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The structure of one of the paper's tables; explicit flags override its fields."""
+
+    about: str
+    subsets: Subsets = "together"
+    axes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    bases: tuple[str, ...] = PAPER_BASES
+
+
+PRESETS: dict[str, Preset] = {
+    "main": Preset("§3.1 baseline vs + affine (all four components)"),
+    "components": Preset("§3.3 each component alone vs all four", subsets="singles"),
+    "aggregation": Preset("§3.4 vector difference vs concatenation", axes=(("aggregation", ("diff", "concat")),)),
+    "views": Preset("§3.5 affine on one view vs both views", axes=(("views", ("1", "2")),)),
+    "fill": Preset("§3.6 black fill vs bounded crop", axes=(("fill", ("black", "bounded")),)),
+    "weight": Preset("§1.6/§3.2 Barlow Twins with λ = 10 vs λ = 1", axes=(("weight", ("10", "1")),), bases=("barlow",)),
+    "location": Preset(
+        "§3.7 encoder vs projector output (no results in the paper)", axes=(("location", ("encoder", "projector")),)
+    ),
+}
+PROTOCOLS: tuple[str, ...] = ("linear", "knn", "affine")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How every finished checkpoint is evaluated (affssl.eval entry points)."""
+
+    protocols: tuple[str, ...] = ("linear",)
+    datasets: tuple[str | None, ...] = (None,)  # None: the checkpoint's own data set
+    trials: int = 5
+    limit: int | None = None
+    max_iter: int | None = None
+    batch_size: int = 256
+    seed: int = 0  # the same probe seeds for every run, so variants meet the same splits
+    curve: bool = False  # also probe every periodic epoch-NNNN checkpoint (linear, first data set)
+
+
+@dataclass(frozen=True)
+class Ablation:
+    bases: tuple[str, ...]
+    components: tuple[str, ...]
+    subsets: Subsets
+    axes: tuple[tuple[str, tuple[str, ...]], ...]  # (axis, values); the first value is the reference
+    seeds: tuple[int, ...]
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    preset: str | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # folder under OUT: "simclr/base", "simclr/affine-scale+shear-concat"
+    base: str
+    components: tuple[str, ...]  # () for the baseline
+    axes: tuple[tuple[str, str], ...]  # (axis, value) for each ablated axis
+    overrides: tuple[str, ...]
+    reference: bool  # all listed components with each axis at its first value
+
+    @property
+    def baseline(self) -> bool:
+        return not self.components
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    variant: Variant
+    seed: int
+    spec: RunSpec
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.variant.name) / f"seed-{self.seed}"
+
+
+def split_list(text: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
+
+
+def make_ablation(
+    *,
+    default_base: str,
+    first_seed: int,
+    preset: str | None = None,
+    bases: str | None = None,
+    components: str | None = None,
+    subsets: str | None = None,
+    axes: dict[str, str | None] | None = None,
+    seeds: int = 1,
+    eval_settings: EvalSettings = EvalSettings(),
+) -> Ablation:
+    """Validate the comma lists of the command line and merge them over a preset."""
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[preset] if preset else Preset("", subsets="singles", bases=(default_base,))
+    chosen_bases = split_list(bases) or p.bases
+    if len(set(chosen_bases)) != len(chosen_bases):
+        raise UserError(f"--base repeats a method: {','.join(chosen_bases)}")
+    for b in chosen_bases:
+        if b not in METHOD_SPECS:
+            raise UserError(f"unknown base method {b!r} in --base; choose from {', '.join(METHOD_SPECS)}")
+    comps = split_list(components) or COMPONENTS
+    for c in comps:
+        if c not in COMPONENTS:
+            raise UserError(f"unknown component {c!r} in --components; choose from {', '.join(COMPONENTS)}")
+    if len(set(comps)) != len(comps):
+        raise UserError(f"--components repeats a name: {','.join(comps)}")
+    chosen_subsets = subsets or p.subsets
+    if chosen_subsets not in SUBSETS:
+        raise UserError(f"--subsets {chosen_subsets!r}: choose together, singles or all")
+    merged = dict(p.axes) | {k: split_list(v) for k, v in (axes or {}).items() if split_list(v)}
+    for axis, values in merged.items():
+        if axis not in AXES:
+            raise UserError(f"unknown axis {axis!r}; choose from {', '.join(AXES)}")
+        if len(set(values)) != len(values):
+            raise UserError(f"--{axis} repeats a value: {','.join(values)}")
+    for protocol in eval_settings.protocols:
+        if protocol not in PROTOCOLS:
+            raise UserError(f"unknown --eval protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    axes_t = tuple((a, merged[a]) for a in AXES if a in merged)  # canonical axis order
+    seed_t = tuple(range(first_seed, first_seed + seeds))
+    ordered = tuple(c for c in COMPONENTS if c in comps)
+    return Ablation(chosen_bases, ordered, chosen_subsets, axes_t, seed_t, eval_settings, preset)  # type: ignore[arg-type]
+
+
+def component_sets(components: tuple[str, ...], subsets: Subsets) -> list[tuple[str, ...]]:
+    """All listed components together first, then singles, then (for 'all') the other subsets by size."""
+    sets = [components]
+    if subsets in ("singles", "all"):
+        sets += [(c,) for c in components]
+    if subsets == "all":
+        sets += [s for k in range(2, len(components)) for s in itertools.combinations(components, k)]
+    return list(dict.fromkeys(sets))  # one component: "together" is its single
+
+
+def variants(ablation: Ablation) -> list[Variant]:
+    """Per base: the baseline, then every component set × every combination of axis values."""
+    out: list[Variant] = []
+    names = [a for a, _ in ablation.axes]
+    for base in ablation.bases:
+        out.append(Variant(f"{base}/base", base, (), (), ("affine.enabled=false",), False))
+        for comps in component_sets(ablation.components, ablation.subsets):
+            tag = "all" if set(comps) == set(COMPONENTS) else "+".join(comps)
+            for values in itertools.product(*(v for _, v in ablation.axes)):
+                pairs = tuple(zip(names, values, strict=True))
+                name = f"{base}/affine-{tag}" + "".join(f"-{LABEL[a](v)}" for a, v in pairs)
+                overrides = (
+                    "affine.enabled=true",
+                    f"affine.components={json.dumps(list(comps))}",
+                    *(f"{AXES[a]}={v}" for a, v in pairs),
+                )
+                first = all(v == vals[0] for v, (_, vals) in zip(values, ablation.axes, strict=True))
+                out.append(Variant(name, base, comps, pairs, overrides, first and comps == ablation.components))
+    return out
+
+
+SpecBuilder = Callable[[str, list[str]], RunSpec]  # (base method, extra overrides) → validated spec
+
+
+def plan(ablation: Ablation, build: SpecBuilder) -> list[PlannedRun]:
+    """Every (variant, seed), seeds outermost so an interrupted ablation has whole seeds done first.
+
+    Every spec is built (and so validated) here, before any run starts.
+    """
+    vs = variants(ablation)
+    return [PlannedRun(v, s, build(v.base, [*v.overrides, f"train.seed={s}"])) for s in ablation.seeds for v in vs]
+
+
+def write_plan(out: Path, ablation: Ablation, planned: list[PlannedRun]) -> Path:
+    """OUT/ablate.json: the resolved ablation and every run's overrides and spec, written first."""
+    from affssl import __version__
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "format": ABLATE_FORMAT,
+        "affssl_version": __version__,
+        "ablation": asdict(ablation),
+        "runs": [
+            {
+                "variant": r.variant.name,
+                "seed": r.seed,
+                "folder": str(r.folder),
+                "reference": r.variant.reference,
+                "overrides": list(r.variant.overrides),
+                "spec": json.loads(r.spec.model_dump_json()),
+            }
+            for r in planned
+        ],
+    }
+    path = out / PLAN
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The command's one library call: plan file → runs → results.csv, summary.md, plots
+
+
+@dataclass(frozen=True)
+class Outputs:
+    results: Path
+    summary: Path
+    plots: tuple[Path, ...]
+    unit: str  # "seed" | "trial": what one sample of the statistics is
+    tables: dict[str, list]  # metric → list[ablate_results.VariantStats], in plan order
+    finished: int
+    planned: int
+
+
+def run(ablation: Ablation, planned: list[PlannedRun], out: Path, unit: str = "auto", report=None) -> Outputs:
+    """Write OUT/ablate.json, bring every run to done (skipping finished ones), then write the outputs."""
+    from affssl.ablate_run import execute
+
+    if unit not in ("auto", "seed", "trial"):
+        raise UserError(f"--stat-unit {unit!r}: choose auto, seed or trial")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("ablate runs its runs one after another in one process; start it without torchrun")
+    write_plan(out, ablation, planned)
+    execute(planned, out, ablation.eval, report or (lambda event: None))
+    return write_outputs(ablation, planned, out, unit)
+
+
+def write_outputs(ablation: Ablation, planned: list[PlannedRun], out: Path, unit: str = "auto") -> Outputs:
+    """results.csv, summary.md and the PNG plots from whatever runs in OUT are finished."""
+    from affssl import ablate_results as results
+    from affssl import plots
+
+    if unit not in ("auto", "seed", "trial"):
+        raise UserError(f"--stat-unit {unit!r}: choose auto, seed or trial")
+    trials = len(ablation.seeds) == 1 and "linear" in ablation.eval.protocols  # the paper's n: probe trials
+    chosen = ("trial" if trials else "seed") if unit == "auto" else unit
+    rows = results.collect(planned, out, ablation.eval)
+    metrics = results.metric_names(rows)
+    tables = {m: results.variant_stats(planned, rows, m, chosen) for m in metrics}  # type: ignore[arg-type]
+    csv_path = results.write_csv(rows, out / "results.csv")
+    summary = results.write_summary(out / "summary.md", ablation, tables, chosen, len(rows), len(planned))  # type: ignore[arg-type]
+    pictures = [plots.plot_variants(m, tables[m], out / f"variants-{m}.png") for m in metrics if tables[m]]
+    if metrics and tables[metrics[0]]:
+        pictures.append(plots.plot_cost(metrics[0], tables[metrics[0]], out / "cost.png"))
+        linear = next((m for m in metrics if m.startswith("linear-")), None)
+        if ablation.eval.curve and linear and (curve := plots.plot_curves(linear, rows, out / "curve.png")):
+            pictures.append(curve)
+    return Outputs(csv_path, summary, tuple(pictures), chosen, tables, len(rows), len(planned))

@@ -1,0 +1,291 @@
+"""An ablation's results: one row per finished run (results.csv), statistics per variant (summary.md).
+
+Rows are read back from the run folders only (metrics.jsonl, eval records), so the tables can be
+rebuilt at any time. Metric names join protocol and data set: `linear-cifar10` (top-1 %, the mean
+over probe trials), `knn-cifar10-k20`, `affine-cifar10-r2` (mean R² over components).
+The statistics unit is a pretraining seed (one value per run) or, as in the paper (§2.4, 5 probe
+trials of one checkpoint), a linear-probe trial (every trial of every run of the variant).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rich import box
+from rich.table import Table
+
+from affssl import runs
+from affssl.ablate import Ablation, EvalSettings, PlannedRun, Variant
+from affssl.ablate_run import curve_checkpoint, curve_epochs, eval_path, read_record
+from affssl.ablate_stats import Comparison, Summary, compare, fmt, fmt_p, summarize
+
+Unit = Literal["seed", "trial"]
+# results.csv: these columns, then one per metric, then `<metric>_trials` (";"-joined probe trials)
+FIELDS = ("variant", "base", "affine", "components", "aggregation", "views", "fill", "weight", "location", "seed",
+          "epochs", "wall_s", "img_per_s", "eval_s", "params_total", "params_head", "head_overhead_frac",
+          "final_loss", "run")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    epoch: int
+    wall_s: float  # training seconds up to the end of this epoch
+    value: float  # linear top-1 %
+
+
+@dataclass
+class Row:
+    variant: Variant
+    seed: int
+    spec_fields: dict[str, str]  # FIELDS values taken from the spec and the run folder
+    wall_s: float
+    img_per_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    trials: dict[str, list[float]] = field(default_factory=dict)
+    curve: list[CurvePoint] = field(default_factory=list)
+
+
+def collect(planned: list[PlannedRun], out: Path, ev: EvalSettings) -> list[Row]:
+    """Rows of the runs that have a checkpoint and every eval record; the others are left out."""
+    rows = []
+    for run in planned:
+        folder = out / run.folder
+        records = {(p, d): read_record(eval_path(folder, p, d, run.spec)) for p in ev.protocols for d in ev.datasets}
+        if not (folder / runs.LAST).is_file() or any(r is None for r in records.values()):
+            continue
+        lines = runs.read_metrics(folder)
+        epochs = [r for r in lines if r.get("kind") == "epoch"]
+        params = next((r for r in lines if r.get("kind") == "params"), {})
+        times = [r["epoch_time_s"] for r in epochs]
+        wall = math.fsum(times)
+        images = math.fsum(r["img_per_s"] * r["epoch_time_s"] for r in epochs)
+        fields = _fields(run, params, epochs[-1]["loss"] if epochs else math.nan, folder, out)
+        fields["eval_s"] = f"{math.fsum(r.get('timing_s', {}).get('total', 0.0) for r in records.values()):.3f}"
+        row = Row(run.variant, run.seed, fields, wall, images / wall if wall else math.nan)
+        for (protocol, dataset), record in records.items():
+            _read_metrics(row, protocol, eval_path(folder, protocol, dataset, run.spec).stem, record["result"])
+        if ev.curve:
+            row.curve = _curve(run, folder, ev, times, row)
+        rows.append(row)
+    return rows
+
+
+def _fields(run: PlannedRun, params: dict, loss: float, folder: Path, out: Path) -> dict[str, str]:
+    a = run.spec.affine
+    on = a.enabled
+    affine = {
+        "components": "+".join(a.components),
+        "aggregation": a.aggregation,
+        "views": str(a.views),
+        "fill": a.fill,
+        "weight": f"{a.weight:g}",
+        "location": a.location,
+    }
+    return {
+        "variant": run.variant.name,
+        "base": run.spec.method.name,
+        "affine": str(on).lower(),
+        **{k: v if on else "" for k, v in affine.items()},
+        "seed": str(run.seed),
+        "epochs": str(run.spec.train.epochs),
+        "params_total": str(params.get("total", "")),
+        "params_head": str(params.get("head", "")),
+        "head_overhead_frac": f"{params['head_overhead_frac']:.5f}" if "head_overhead_frac" in params else "",
+        "final_loss": f"{loss:.6g}",
+        "run": str(folder.relative_to(out)),
+    }
+
+
+def _read_metrics(row: Row, protocol: str, stem: str, result: dict) -> None:
+    if protocol == "linear":
+        row.metrics[stem] = float(result["top1_pct"])
+        row.trials[stem] = [float(t["test_acc_pct"]) for t in result["trials"]]
+    elif protocol == "knn":
+        row.metrics |= {f"{stem}-k{k}": float(v) for k, v in result["top1_pct"].items()}
+    elif protocol == "affine":
+        r2 = {c: float(v) for c, v in result["r2"].items()}
+        row.metrics[f"{stem}-r2"] = math.fsum(r2.values()) / len(r2)
+        row.metrics |= {f"{stem}-r2-{c}": v for c, v in r2.items()}
+
+
+def _curve(run: PlannedRun, folder: Path, ev: EvalSettings, times: list[float], row: Row) -> list[CurvePoint]:
+    stem = eval_path(folder, "linear", ev.datasets[0], run.spec).stem
+    elapsed = [math.fsum(times[: e + 1]) for e in range(len(times))]
+    points = []
+    for epoch in curve_epochs(folder, run.spec.train.epochs):
+        record = read_record(curve_checkpoint(folder, epoch).parent / runs.EVAL / f"{stem}.json")
+        if record is not None and epoch <= len(elapsed):
+            points.append(CurvePoint(epoch, elapsed[epoch - 1], float(record["result"]["top1_pct"])))
+    if stem in row.metrics:
+        points.append(CurvePoint(run.spec.train.epochs, row.wall_s, row.metrics[stem]))
+    return points
+
+
+def metric_names(rows: list[Row]) -> list[str]:
+    """Headline metrics in order of appearance (per-component R² columns stay in the CSV only)."""
+    names = dict.fromkeys(m for r in rows for m in r.metrics if "-r2-" not in m)
+    return list(names)
+
+
+def write_csv(rows: list[Row], path: Path) -> Path:
+    metrics = list(dict.fromkeys(m for r in rows for m in r.metrics))
+    trials = list(dict.fromkeys(m for r in rows for m in r.trials))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*FIELDS, *metrics, *(f"{m}_trials" for m in trials)])
+        for r in rows:
+            values = {**r.spec_fields, "wall_s": f"{r.wall_s:.3f}", "img_per_s": f"{r.img_per_s:.1f}"}
+            writer.writerow(
+                [values[k] for k in FIELDS]
+                + [f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in metrics]
+                + [";".join(f"{v:.4f}" for v in r.trials.get(m, [])) for m in trials]
+            )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics per variant
+
+
+@dataclass(frozen=True)
+class VariantStats:
+    variant: Variant
+    values: list[float]
+    summary: Summary
+    vs_base: Comparison | None  # None for the baseline itself or when no baseline finished
+    vs_ref: Comparison | None  # against the base's reference (all components); None for itself
+    wall_s: float  # mean training seconds per run
+    img_per_s: float
+
+
+def samples(rows: list[Row], metric: str, unit: Unit) -> list[float]:
+    if unit == "trial":
+        return [v for r in rows for v in r.trials.get(metric, [r.metrics[metric]]) if metric in r.metrics]
+    return [r.metrics[metric] for r in rows if metric in r.metrics]
+
+
+def variant_stats(planned: list[PlannedRun], rows: list[Row], metric: str, unit: Unit) -> list[VariantStats]:
+    variants = list({r.variant.name: r.variant for r in planned}.values())
+    by_name = {v.name: [r for r in rows if r.variant.name == v.name] for v in variants}
+    values = {name: samples(rs, metric, unit) for name, rs in by_name.items()}
+    out = []
+    for v in variants:
+        if not values[v.name]:
+            continue
+        base = values.get(f"{v.base}/base") or None
+        ref = next((values[u.name] for u in variants if u.base == v.base and u.reference and values[u.name]), None)
+        rs = by_name[v.name]
+        out.append(
+            VariantStats(
+                v,
+                values[v.name],
+                summarize(values[v.name]),
+                None if v.baseline or base is None else compare(values[v.name], base),
+                None if v.reference or ref is None else compare(values[v.name], ref),
+                math.fsum(r.wall_s for r in rs) / len(rs),
+                math.fsum(r.img_per_s for r in rs) / len(rs),
+            )
+        )
+    return out
+
+
+def unit_label(metric: str) -> str:
+    return "mean R² over components" if metric.startswith("affine-") else "top-1 %"
+
+
+COLUMNS = (
+    "variant",
+    "n",
+    "mean ± 95 % CI",
+    "Δ vs base (rel.)",
+    "p vs base",
+    "Δ vs all (rel.)",
+    "p vs all",
+    "train s",
+    "img/s",
+)
+
+
+def cells(s: VariantStats, digits: int = 2) -> list[str]:
+    def delta(c: Comparison | None) -> str:
+        return "—" if c is None else f"{fmt(c.gain, digits, signed=True)} ({fmt(100 * c.relative, 1, signed=True)} %)"
+
+    mean = f"{fmt(s.summary.mean, digits)} ± {fmt(s.summary.ci95, digits)}"
+    name = s.variant.name + (" (all)" if s.variant.reference else "")
+    return [
+        name,
+        str(s.summary.n),
+        mean,
+        delta(s.vs_base),
+        fmt_p(s.vs_base.p) if s.vs_base else "—",
+        delta(s.vs_ref),
+        fmt_p(s.vs_ref.p) if s.vs_ref else "—",
+        f"{s.wall_s:.1f}",
+        f"{s.img_per_s:.0f}",
+    ]
+
+
+def write_summary(
+    path: Path, ablation: Ablation, tables: dict[str, list[VariantStats]], unit: Unit, n_runs: int, n_planned: int
+) -> Path:
+    ev = ablation.eval
+    axes = "; ".join(f"{a} {','.join(v)}" for a, v in ablation.axes) or "—"
+    sample = (
+        "one value per pretraining seed (the run's mean over its probe trials)"
+        if unit == "seed"
+        else "every linear-probe trial of every run (paper §2.4: repeated probes of one checkpoint)"
+    )
+    lines = [
+        f"# Ablation{f' — preset {ablation.preset}' if ablation.preset else ''}",
+        "",
+        f"- bases: {', '.join(ablation.bases)}; components: {', '.join(ablation.components)} "
+        f"({ablation.subsets}); axes: {axes}; seeds: {', '.join(map(str, ablation.seeds))}",
+        f"- evaluation: {', '.join(ev.protocols)}; linear-probe trials {ev.trials}; probe limit {ev.limit or '—'}",
+        f"- runs finished: {n_runs} of {n_planned}",
+        f"- samples: {sample}",
+        "- mean ± half-width of the two-sided 95 % Student-t interval; p: Welch's two-sided t-test "
+        "(scipy.stats.ttest_ind, equal_var=False); Δ: difference of means, relative gain in parentheses",
+        "- vs base: against the same base method without the affine module; vs all: against the variant with "
+        "all listed components and each axis at its first value, marked (all)",
+        "- —: not computable (fewer than two samples, or no spread on either side)",
+    ]
+    for metric, stats in tables.items():
+        digits = 3 if metric.startswith("affine-") else 2
+        lines += [
+            "",
+            f"## {metric} ({unit_label(metric)})",
+            "",
+            "| " + " | ".join(COLUMNS) + " |",
+            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|",
+        ]
+        lines += ["| " + " | ".join(cells(s, digits)) + " |" for s in stats]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def rich_table(metric: str, stats: list[VariantStats]) -> Table:
+    """The terminal's view: mean ± CI, relative gains in %, Welch p; numbers are never truncated."""
+    digits = 3 if metric.startswith("affine-") else 2
+
+    def rel(c: Comparison | None) -> str:
+        return "—" if c is None else f"{fmt(100 * c.relative, 1, signed=True)}%"
+
+    rows = []
+    for s in stats:
+        mean = f"{fmt(s.summary.mean, digits)} ± {fmt(s.summary.ci95, digits)}"
+        p_base, p_ref = (fmt_p(c.p) if c else "—" for c in (s.vs_base, s.vs_ref))
+        name = s.variant.name + ("*" if s.variant.reference else "")
+        rows.append([name, str(s.summary.n), mean, rel(s.vs_base), p_base, rel(s.vs_ref), p_ref])
+    caption = "CI: 95 % t-interval half-width; *: all listed components, the 'vs all' reference; p: Welch t-test"
+    table = Table(title=f"{metric} ({unit_label(metric)})", caption=caption, header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+    for i, header in enumerate(("variant", "n", "mean ± CI", "vs base", "p", "vs all", "p")):
+        width = max(len(header), *(len(r[i]) for r in rows)) if rows else len(header)
+        table.add_column(header, justify="left" if i == 0 else "right", min_width=width, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    return table

@@ -1,0 +1,234 @@
+"""Frozen features: rebuild a backbone from a file's header alone, extract in eval mode, cache on disk.
+
+A source is a training checkpoint (format affssl.train/1, tensors model.backbone.*) or a backbone
+export (affssl.backbone/1, tensors named as torchvision's ResNet). Both carry the backbone spec and
+the input size, so no --arch flag exists. Extraction runs under inference_mode with BatchNorm in
+eval mode (running statistics, not the paper's train-mode quirk), channels_last, images as float
+in [0, 1] without mean/std, as in training. Features are cached as safetensors keyed by the
+sha256 of the source file and of the exact image bytes (so a subset or another data set never
+hits a stale entry), the split and any warp applied before the forward pass.
+
+Dimensions: N images, S image side in px, F feature dimension.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor, nn
+
+from affssl import affine, checkpoint
+from affssl.backbones import ResNet, build_backbone
+from affssl.checkpoint import BACKBONE_FORMAT, TRAIN_FORMAT, CheckpointError
+from affssl.errors import UserError
+from affssl.spec import AffineSpec, BackboneSpec, RunSpec
+
+FEATURES_FORMAT = "affssl.features/1"
+BACKBONE_PREFIX = "model.backbone"
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a checkpoint or export header says, plus the file's sha256."""
+
+    path: Path
+    format: str  # TRAIN_FORMAT | BACKBONE_FORMAT
+    backbone: BackboneSpec
+    image_size_px: int
+    spec: RunSpec | None  # the training spec; an export made by affssl carries it too
+    header: dict[str, str]
+    sha256: str
+
+    @property
+    def eval_dir(self) -> Path:
+        """RUN/eval for a training checkpoint, <stem>.eval/ next to an export."""
+        if self.format == TRAIN_FORMAT:
+            return self.path.parent / "eval"
+        return self.path.parent / f"{self.path.stem}.eval"
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def open_source(path: Path) -> Source:
+    """Read and check the header of a training checkpoint or a backbone export."""
+    path = Path(path)
+    header = checkpoint.read_header(path)
+    fmt = header.get("format")
+    if fmt == TRAIN_FORMAT:
+        spec = checkpoint.spec_of(header, path)
+        backbone, size = spec.backbone, spec.data.image_size_px
+    elif fmt == BACKBONE_FORMAT:
+        spec = checkpoint.spec_of(header, path) if "spec" in header else None
+        try:
+            backbone = BackboneSpec.model_validate_json(header["backbone"])
+            size = int(header["image_size_px"])
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(
+                f"{path} is a backbone export without a valid backbone spec ({err}); "
+                "export it again with `affssl export`"
+            ) from None
+    else:
+        raise CheckpointError(
+            f"{path} has format {fmt!r}; pass a training checkpoint ({TRAIN_FORMAT}, RUN/last.safetensors) "
+            f"or an `affssl export` file ({BACKBONE_FORMAT})"
+        )
+    return Source(path, fmt, backbone, size, spec, header, file_sha256(path))
+
+
+def read_tensors(path: Path, prefix: str | None = None) -> dict[str, Tensor]:
+    """The tensors of a safetensors file (those under `prefix.`, with it stripped, when given)."""
+    head = f"{prefix}." if prefix else ""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k[len(head) :]: f.get_tensor(k) for k in f.keys() if k.startswith(head)}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} could not be read ({err}); it may be truncated") from None
+
+
+def backbone_tensors(source: Source) -> dict[str, Tensor]:
+    """The backbone's state dict, with torchvision's key names, from either kind of source."""
+    prefix = BACKBONE_PREFIX if source.format == TRAIN_FORMAT else None
+    return read_tensors(source.path, prefix)
+
+
+def build_from(source: Source, tensors: dict[str, Tensor]) -> ResNet:
+    """The backbone of a source with its weights loaded strictly, in eval mode."""
+    backbone = build_backbone(source.backbone)
+    try:
+        backbone.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise CheckpointError(
+            f"{source.path}: the stored weights do not fit its backbone spec ({first}); "
+            "the file was not written by this version of affssl"
+        ) from None
+    return backbone.eval()
+
+
+def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A ready encoder (eval mode) from a training checkpoint or an `affssl export` file.
+
+    Input: (B, 3, S, S) float RGB in [0, 1] without mean/std normalisation; output (B, F).
+    """
+    source = open_source(Path(path))
+    return build_from(source, backbone_tensors(source)).to(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r} is not one of auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+
+def extract(
+    backbone: nn.Module,
+    images: Tensor,
+    batch_size: int,
+    device: torch.device,
+    phi: Tensor | None = None,
+    affine_spec: AffineSpec | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Features (N, F) float32 on the CPU of uint8 images (N, 3, S, S), optionally warped by φ (N, 6) first."""
+    backbone.eval().to(device, memory_format=torch.channels_last)
+    source = images.to(device) if device.type == "cuda" else images  # uint8 is small: one copy
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = source[start : start + batch_size].to(device, non_blocking=True)  # (b, 3, S, S) uint8
+            x = x.contiguous(memory_format=torch.channels_last).float().div_(255)  # cast once, in place
+            if phi is not None:
+                x = affine.warp(x, phi[start : start + batch_size].to(device), affine_spec)
+                x = x.contiguous(memory_format=torch.channels_last)
+            chunks.append(backbone(x).float())  # (b, F)
+            if advance is not None:
+                advance(len(x))
+    return torch.cat(chunks).cpu() if chunks else torch.empty(0, 0)  # (N, F)
+
+
+def content_key(source: Source, images: Tensor, variant: str) -> str:
+    """sha256 of (source file, image bytes, image size, variant): any change gives a new key."""
+    digest = hashlib.sha256(images.contiguous().numpy().data).hexdigest()  # no copy of the images
+    blob = json.dumps([FEATURES_FORMAT, source.sha256, digest, list(images.shape), variant])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def slug(text: str) -> str:
+    """A file-name-safe tag: a data set name or the last part of a folder path."""
+    name = Path(text).name if ("/" in text or "\\" in text) else text
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "data"
+
+
+def cached_features(
+    source: Source,
+    backbone: nn.Module,
+    images: Tensor,
+    tag: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    use_cache: bool = True,
+    phi: Tensor | None = None,
+    affine_spec: AffineSpec | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> tuple[Tensor, bool]:
+    """(features (N, F), cache hit) for images; stored under source.eval_dir/cache/<tag>-<key>.safetensors.
+
+    `tag` names the data set and split for people (e.g. "digits-train-16px"); the key decides.
+    A warp (φ and its spec) is part of the key, so warped features are cached too.
+    """
+    variant = "plain" if phi is None else "warp:" + affine_spec.model_dump_json() + ":" + _tensor_digest(phi)
+    key = content_key(source, images, variant)
+    path = source.eval_dir / "cache" / f"{slug(tag)}-{key[:16]}.safetensors"
+    if use_cache and (hit := _read_cache(path, key, len(images))) is not None:
+        if advance is not None:
+            advance(len(images))
+        return hit, True
+    h = extract(backbone, images, batch_size, device, phi, affine_spec, advance)  # (N, F)
+    if use_cache:
+        meta = {
+            "format": FEATURES_FORMAT,
+            "key": key,
+            "source_sha256": source.sha256,
+            "tag": tag,
+            "variant": variant[:200],
+            "n": str(len(images)),
+        }
+        checkpoint.save(path, {"features": h}, meta)
+    return h, False
+
+
+def _tensor_digest(t: Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().data).hexdigest()
+
+
+def _read_cache(path: Path, key: str, n: int) -> Tensor | None:
+    """Cached features, or None when absent, foreign or corrupt (the caller then recomputes)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            h = f.get_tensor("features")
+    except (SafetensorError, OSError, ValueError):
+        return None
+    return h if h.ndim == 2 and h.shape[0] == n and h.dtype == torch.float32 else None

@@ -1,0 +1,340 @@
+"""`affssl ablate`: plan expansion, restartability, statistics against scipy, the acceptance command end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from scipy import stats
+from typer.testing import CliRunner
+
+import affssl.eval
+from affssl import ablate as ab
+from affssl import ablate_stats, checkpoint, engine, runs
+from affssl.cli import app
+from affssl.errors import UserError
+from affssl.eval.features import slug
+from affssl.spec import RunSpec, load_spec
+
+runner = CliRunner()
+TINY = ["--set", "backbone.width=4", "--set", "data.image_size_px=16", "--batch-size", "32", "--limit", "32",
+        "--epochs", "1", "--device", "cpu"]  # fmt: skip
+PROBE = ["--eval-trials", "1", "--eval-limit", "50", "--eval-max-iter", "50"]
+ACCEPTANCE = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", *TINY, *PROBE]
+
+
+def names(**options) -> list[str]:
+    return [v.name for v in ab.variants(ab.make_ablation(default_base="simclr", first_seed=0, **options))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan expansion
+
+
+def test_components_give_baseline_together_and_each_alone():
+    assert names(components="scale,shear") == [
+        "simclr/base",
+        "simclr/affine-scale+shear",
+        "simclr/affine-scale",
+        "simclr/affine-shear",
+    ]
+    assert names(components="shear,scale", subsets="together") == ["simclr/base", "simclr/affine-scale+shear"]
+    assert names(components="scale") == ["simclr/base", "simclr/affine-scale"]  # together == the single
+    assert names()[1] == "simclr/affine-all"  # default: the four components, then each alone
+    assert len(names()) == 1 + 1 + 4
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_subsets_all_is_every_nonempty_subset_plus_baseline(k):
+    comps = ["rotation", "translation", "scale", "shear"][:k]
+    ablation = ab.make_ablation(default_base="byol", first_seed=0, components=",".join(comps), subsets="all")
+    vs = ab.variants(ablation)
+    assert len(vs) == 2**k - 1 + 1 and vs[0].name == "byol/base"
+    assert len({v.components for v in vs}) == len(vs)  # all distinct
+    assert [v.name for v in vs if v.reference] == [f"byol/affine-{'all' if k == 4 else '+'.join(comps)}"]
+
+
+def test_axes_multiply_the_affine_variants_and_name_their_folders():
+    ablation = ab.make_ablation(default_base="simclr", first_seed=3, components="scale,shear",
+                                axes={"aggregation": "diff,concat", "views": "1,2"}, seeds=2)  # fmt: skip
+    vs = ab.variants(ablation)
+    assert len(vs) == 1 + 3 * 2 * 2
+    assert "simclr/affine-scale-concat-views2" in [v.name for v in vs]
+    assert [v.name for v in vs if v.reference] == ["simclr/affine-scale+shear-diff-views1"]
+    assert ablation.seeds == (3, 4)
+    two_bases = ab.make_ablation(default_base="simclr", first_seed=0, bases="simclr,barlow", components="scale")
+    assert names(bases="simclr,barlow", components="scale") == [v.name for v in ab.variants(two_bases)]
+    assert [v.name for v in ab.variants(two_bases)] == ["simclr/base", "simclr/affine-scale", "barlow/base",
+                                                        "barlow/affine-scale"]  # fmt: skip
+
+
+def build(base: str, extra: list[str]) -> RunSpec:
+    return load_spec("default", [f"method.name={base}", *extra])
+
+
+def test_plan_sets_overrides_and_seeds_outermost(tmp_path):
+    ablation = ab.make_ablation(default_base="simclr", first_seed=0, components="scale,shear", seeds=2,
+                                axes={"fill": "bounded"})  # fmt: skip
+    planned = ab.plan(ablation, build)
+    assert [(r.variant.name, r.seed) for r in planned[:5]] == [
+        ("simclr/base", 0), ("simclr/affine-scale+shear-bounded", 0), ("simclr/affine-scale-bounded", 0),
+        ("simclr/affine-shear-bounded", 0), ("simclr/base", 1)]  # fmt: skip
+    assert not planned[0].spec.affine.enabled and planned[4].spec.train.seed == 1
+    assert planned[1].spec.affine.components == ("scale", "shear") and planned[1].spec.affine.fill == "bounded"
+    assert planned[2].folder == Path("simclr/affine-scale-bounded/seed-0")
+    path = ab.write_plan(tmp_path, ablation, planned)
+    record = json.loads(path.read_text())
+    assert record["format"] == ab.ABLATE_FORMAT and len(record["runs"]) == 8
+    assert RunSpec.model_validate(record["runs"][1]["spec"]) == planned[1].spec
+
+
+@pytest.mark.parametrize("preset", list(ab.PRESETS))
+def test_presets_expand_to_valid_specs(preset):
+    ablation = ab.make_ablation(default_base="simclr", first_seed=0, preset=preset)
+    planned = ab.plan(ablation, build)
+    refs = [r.variant.name for r in planned if r.variant.reference]
+    assert len(refs) == len(ablation.bases)  # one reference (all components, first axis values) per base
+    if preset == "main":
+        assert [r.variant.name for r in planned] == [f"{b}/{k}" for b in ab.PAPER_BASES for k in ("base", "affine-all")]
+    if preset == "weight":
+        assert {r.spec.affine.weight for r in planned if r.spec.affine.enabled} == {10.0, 1.0}
+        assert {r.spec.method.name for r in planned} == {"barlow"}
+    if preset == "views":
+        assert {r.spec.affine.views for r in planned if r.spec.affine.enabled} == {1, 2}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"components": "scale,zoom"}, {"bases": "moco"}, {"bases": "byol,byol"},
+     {"subsets": "pairs"}, {"preset": "table9"}, {"seeds": 0},
+     {"eval_settings": ab.EvalSettings(protocols=("linear", "svm"))}, {"axes": {"views": "1,1"}}],
+)  # fmt: skip
+def test_bad_ablations_are_user_errors(options):
+    with pytest.raises(UserError):
+        ab.make_ablation(default_base="simclr", first_seed=0, **options)
+
+
+def test_bad_axis_value_fails_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "pretrain", _never)
+    result = runner.invoke(app, ["ablate", "--components", "scale", "--fill", "grey", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "affine.fill" in result.output
+    assert not (tmp_path / ab.PLAN).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics: the paper's raw SimCLR CIFAR-10 trials (paper.md §3.1)
+
+SIMCLR = [52.87, 52.99, 53.00, 52.66, 52.86]
+SIMCLR_AFFINE = [55.11, 55.10, 54.90, 55.04, 55.34]
+
+
+def test_t_interval_matches_scipy_and_the_paper():
+    for values in (SIMCLR, SIMCLR_AFFINE, [1.0, 2.0], [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]):
+        m = sum(values) / len(values)
+        low, high = stats.t.interval(0.95, len(values) - 1, loc=m, scale=stats.sem(values))
+        assert ablate_stats.ci_half_width(values) == pytest.approx((high - low) / 2, rel=1e-12)
+        assert ablate_stats.mean(values) == pytest.approx(m, rel=1e-15)
+    assert ablate_stats.fmt(ablate_stats.mean(SIMCLR)) == "52.88"  # paper: 52.88 ± 0.17, 55.10 ± 0.20
+    assert ablate_stats.fmt(ablate_stats.ci_half_width(SIMCLR)) == "0.17"
+    assert ablate_stats.fmt(ablate_stats.ci_half_width(SIMCLR_AFFINE)) == "0.20"
+
+
+def test_welch_p_matches_the_welch_satterthwaite_formula():
+    a, b = SIMCLR_AFFINE, SIMCLR
+    va, vb = stats.tvar(a) / len(a), stats.tvar(b) / len(b)  # squared standard errors
+    t = (sum(a) / len(a) - sum(b) / len(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    p = 2 * stats.t.sf(abs(t), df)
+    assert ablate_stats.welch_p(a, b) == pytest.approx(p, rel=1e-9)
+    assert ablate_stats.welch_p(b, a) == pytest.approx(p, rel=1e-9)
+    assert p < 1e-6  # the paper's Student test gives 1.09e-8; Welch has fewer degrees of freedom
+    c = ablate_stats.compare(a, b)
+    assert c.gain == pytest.approx(2.222, abs=1e-9) and c.relative == pytest.approx(2.222 / 52.876, rel=1e-9)
+    assert ablate_stats.fmt(100 * c.relative, 1, signed=True) == "+4.2"
+
+
+def test_degenerate_samples_are_nan_and_print_as_a_dash():
+    assert math.isnan(ablate_stats.ci_half_width([53.0]))
+    assert math.isnan(ablate_stats.welch_p([53.0], SIMCLR))
+    assert math.isnan(ablate_stats.welch_p([1.0, 1.0], [2.0, 2.0]))  # no spread anywhere: no test
+    assert ablate_stats.ci_half_width([2.0, 2.0, 2.0]) == 0.0
+    assert 0 < ablate_stats.welch_p([2.0, 2.0, 2.0], [1.0, 2.0, 3.5]) < 1  # one side without spread is fine
+    assert math.isnan(ablate_stats.relative_gain(1.0, 0.0))
+    s = ablate_stats.summarize([53.0])
+    assert (s.n, s.mean) == (1, 53.0) and ablate_stats.fmt(s.ci95) == "—" and ablate_stats.fmt_p(math.nan) == "—"
+    assert ablate_stats.fmt_p(1.09e-8) == "1.1e-08" and ablate_stats.fmt_p(0.0123) == "0.012"
+
+
+# ---------------------------------------------------------------------------------------------
+# Restartability with a fake engine and probe (the folder contract only; no training)
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("nothing should run")
+
+
+class Fakes:
+    """engine.pretrain and affssl.eval.evaluate_linear that write the files the real ones write."""
+
+    def __init__(self, interrupt_after: int | None = None):
+        self.trained: list[tuple[str, bool]] = []
+        self.evaluated: list[str] = []
+        self.interrupt_after = interrupt_after
+
+    def pretrain(self, spec: RunSpec, run: Path, resume: bool = False, show_progress: bool = True, data=None) -> Path:
+        if self.interrupt_after is not None and len(self.trained) == self.interrupt_after:
+            runs.write_spec(run, spec)  # killed mid-way: a spec and nothing else
+            raise KeyboardInterrupt
+        self.trained.append((str(run), resume))
+        start = int(checkpoint.read_header(run / runs.LAST)["epoch"]) if resume else 0
+        if not resume:
+            runs.write_spec(run, spec)
+            runs.append_metrics(run, {"kind": "params", "backbone": 10, "method": 5, "head": 1, "total": 16,
+                                      "head_overhead_frac": 1 / 16})  # fmt: skip
+        for epoch in range(start + 1, spec.train.epochs + 1):
+            runs.append_metrics(run, {"kind": "epoch", "epoch": epoch, "loss": 1.0 / epoch, "epoch_time_s": 2.0,
+                                      "img_per_s": 32.0})  # fmt: skip
+            meta = checkpoint.metadata_json(format=checkpoint.TRAIN_FORMAT, spec=spec.model_dump_json(), epoch=epoch)
+            for path in {runs.epoch_checkpoint(run, epoch), run / runs.LAST}:
+                checkpoint.save(path, {"w": torch.zeros(1)}, meta)
+        return run / runs.LAST
+
+    def evaluate_linear(self, ckpt: Path, *, dataset=None, trials=5, seed=0, limit=None, max_iter=None, **_) -> dict:
+        self.evaluated.append(str(ckpt))
+        header = checkpoint.read_header(ckpt)
+        spec = RunSpec.model_validate_json(header["spec"])
+        acc = [50.0 + spec.train.seed + 5 * spec.affine.enabled + int(header["epoch"]) + t for t in range(trials)]
+        record = {"checkpoint": {"epoch": header["epoch"]}, "dataset": {"limit": limit},
+                  "options": {"max_iter": max_iter}, "seeds": [seed + t for t in range(trials)],
+                  "result": {"top1_pct": sum(acc) / trials, "trials": [{"test_acc_pct": a} for a in acc]}}  # fmt: skip
+        path = Path(ckpt).parent / "eval" / f"linear-{slug(dataset or spec.data.dataset)}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(record))
+        return record | {"path": str(path)}
+
+
+@pytest.fixture()
+def fakes(monkeypatch):
+    def install(interrupt_after: int | None = None) -> Fakes:
+        f = Fakes(interrupt_after)
+        monkeypatch.setattr(engine, "pretrain", f.pretrain)
+        monkeypatch.setattr(affssl.eval, "evaluate_linear", f.evaluate_linear)
+        monkeypatch.setattr("affssl.ablate_run.load_dataset", lambda spec, seed=0: None)
+        return f
+
+    return install
+
+
+FAST = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", "--epochs", "2"]
+
+
+def test_a_killed_ablation_completes_only_the_missing_runs(tmp_path, fakes):
+    argv = [*FAST, "--out", str(tmp_path)]
+    first = fakes(interrupt_after=3)
+    killed = runner.invoke(app, argv)  # Ctrl-C during the fourth run's training
+    assert killed.exit_code == 130 and len(first.trained) == 3
+    assert json.loads((tmp_path / ab.PLAN).read_text())["runs"][7]["folder"] == "simclr/affine-shear/seed-1"
+    # a fourth run was killed mid-training (spec only); make a third one a run killed after epoch 1
+    third = tmp_path / "simclr/affine-scale/seed-0"
+    for name in ("epoch-0002.safetensors", "metrics.jsonl"):
+        (third / name).unlink()
+    meta = checkpoint.metadata_json(format=checkpoint.TRAIN_FORMAT, spec=build("simclr", []).model_dump_json(), epoch=1)
+    checkpoint.save(third / runs.LAST, {"w": torch.zeros(1)}, meta)
+    (third / "eval/linear-digits.json").unlink()
+
+    second = fakes()
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert second.trained == [(str(third), True)] + [(str(tmp_path / f), False) for f in (
+        "simclr/affine-shear/seed-0", "simclr/base/seed-1", "simclr/affine-scale+shear/seed-1",
+        "simclr/affine-scale/seed-1", "simclr/affine-shear/seed-1")]  # fmt: skip
+    assert result.output.count("skipped (finished)") == 2 and result.output.count("done in") == 6
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and {r["epochs"] for r in rows} == {"2"}
+
+    third_call = fakes()
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0 and third_call.trained == [] and third_call.evaluated == []
+    assert result.output.count("skipped (finished)") == 8
+
+
+def test_stale_eval_is_redone_without_retraining_and_other_specs_are_refused(tmp_path, fakes):
+    argv = [*FAST, "--seeds", "1", "--out", str(tmp_path)]
+    fakes()
+    assert runner.invoke(app, argv).exit_code == 0
+    again = fakes()
+    result = runner.invoke(app, [*argv, "--eval-trials", "3"])
+    assert result.exit_code == 0 and again.trained == [] and len(again.evaluated) == 4
+    summary = (tmp_path / "summary.md").read_text()  # one seed: the samples are the 3 probe trials
+    assert "linear-probe trial" in summary and "| simclr/base | 3 | 53.00 ± 2.48 |" in summary
+    assert "| simclr/affine-scale | 3 | 58.00 ± 2.48 | +5.00 (+9.4 %) |" in summary
+    longer = fakes()
+    assert runner.invoke(app, [*argv, "--epochs", "3", "--eval-trials", "3"]).exit_code == 0
+    assert [resume for _, resume in longer.trained] == [True] * 4  # more epochs: resumed, not restarted
+    other = fakes()
+    refused = runner.invoke(app, [*argv, "--epochs", "3", "--eval-trials", "3", "--set", "optim.lr=0.5"])
+    assert refused.exit_code == 2 and "choose another --out" in refused.output and "optim.lr" in refused.output
+    assert other.trained == []
+
+
+def test_curve_probes_periodic_checkpoints_in_their_own_folders(tmp_path, fakes):
+    f = fakes()
+    argv = [*FAST, "--seeds", "2", "--subsets", "together", "--epochs", "3", "--set", "train.checkpoint_every=1",
+            "--curve", "--out", str(tmp_path)]  # fmt: skip
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert len(f.evaluated) == 4 * 3  # 4 runs × (epochs 1, 2 from the curve + the last checkpoint)
+    run = tmp_path / "simclr/base/seed-0"
+    assert json.loads((run / "eval/linear-digits.json").read_text())["checkpoint"]["epoch"] == "3"
+    assert json.loads((run / "curve/epoch-0001/eval/linear-digits.json").read_text())["checkpoint"]["epoch"] == "1"
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    again = fakes()
+    assert runner.invoke(app, argv).exit_code == 0 and again.evaluated == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Acceptance 1 with real training and probing on tiny settings (8 runs of 2 steps each)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablation")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AFFSSL_CACHE", str(out.parent / "cache"))
+        result = runner.invoke(app, [*ACCEPTANCE, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_acceptance_command_writes_results_summary_and_plots(sweep):
+    out, output = sweep
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8
+    assert sorted({r["variant"] for r in rows}) == ["simclr/affine-scale", "simclr/affine-scale+shear",
+                                                    "simclr/affine-shear", "simclr/base"]  # fmt: skip
+    assert {r["seed"] for r in rows} == {"0", "1"} and all(float(r["linear-digits"]) > 0 for r in rows)
+    assert all(float(r["wall_s"]) > 0 and float(r["img_per_s"]) > 0 and int(r["params_total"]) > 0 for r in rows)
+    assert {r["affine"] for r in rows if r["variant"] == "simclr/base"} == {"false"}
+    summary = (out / "summary.md").read_text()
+    assert "mean ± 95 % CI" in summary and "p vs base" in summary and "p vs all" in summary
+    table = [line for line in summary.splitlines() if line.startswith("| simclr/")]
+    assert len(table) == 4 and all(" ± " in line and "| 2 |" in line for line in table)
+    assert table[1].split("|")[5].strip() not in ("", "—")  # a p-value against the baseline
+    for png in ("variants-linear-digits.png", "cost.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert output.count("done in") == 8 and "linear-digits (top-1 %)" in output
+
+
+def test_calling_the_finished_ablation_again_runs_nothing(sweep, monkeypatch):
+    out, _ = sweep
+    monkeypatch.setattr(engine, "pretrain", _never)
+    monkeypatch.setattr(affssl.eval, "evaluate_linear", _never)
+    result = runner.invoke(app, [*ACCEPTANCE, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("skipped (finished)") == 8
