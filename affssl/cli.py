@@ -131,7 +131,9 @@ def pretrain(
     limit: LimitOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<base>-<kind>-<time>).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<base>-<kind>-<time>).")] = (
+        None
+    ),
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the run in --out.")] = False,

@@ -1,9 +1,9 @@
 """The run-directory contract: file names, creating or reopening a run folder, metric lines.
 
-    RUN/spec.json          resolved spec, written before training starts
-    RUN/metrics.jsonl      one JSON object per logged interval and per epoch
-    RUN/last.safetensors   latest checkpoint; RUN/epoch-NNNN.safetensors every N epochs
-    RUN/eval/*.json        results written by `affssl eval`
+RUN/spec.json          resolved spec, written before training starts
+RUN/metrics.jsonl      one JSON object per logged interval and per epoch
+RUN/last.safetensors   latest checkpoint; RUN/epoch-NNNN.safetensors every N epochs
+RUN/eval/*.json        results written by `affssl eval`
 """
 
 from __future__ import annotations

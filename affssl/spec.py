@@ -20,7 +20,15 @@ COMPONENTS: tuple[str, ...] = ("rotation", "translation", "scale", "shear")
 # Paper §1.6: λ = 1 for SimCLR and BYOL, 10 for Barlow Twins (the run reported as BT + Affine).
 DEFAULT_AFFINE_WEIGHT: dict[str, float] = {"simclr": 1.0, "byol": 1.0, "barlow": 10.0}
 # Square size used when data.image_size_px is not given (digits are 8×8, upscaled for the CNN).
-NATIVE_SIZE_PX = {"digits": 16, "cifar10": 32, "cifar100": 32, "svhn": 32, "stl10": 96, "mnist": 28, "fashion-mnist": 28}
+NATIVE_SIZE_PX = {
+    "digits": 16,
+    "cifar10": 32,
+    "cifar100": 32,
+    "svhn": 32,
+    "stl10": 96,
+    "mnist": 28,
+    "fashion-mnist": 28,
+}
 PRESETS: tuple[str, ...] = ("default", "paper", "cifar10-cpu")
 
 
@@ -43,9 +51,7 @@ class DataSpec(_Spec):
         None, ge=8, le=512, description="images are resized to this square size; None → the data set's own"
     )
     limit: int | None = Field(None, ge=1, description="train on this many images (stratified when labelled)")
-    root: Path | None = Field(
-        None, description="download/cache folder (default ~/.cache/affssl or $AFFSSL_CACHE)"
-    )
+    root: Path | None = Field(None, description="download/cache folder (default ~/.cache/affssl or $AFFSSL_CACHE)")
     cache: bool = Field(True, description="keep decoded uint8 tensors on disk so the next run skips decoding")
 
     @model_validator(mode="after")
@@ -174,8 +180,11 @@ class TrainSpec(_Spec):
     channels_last: bool = Field(True, description="channels_last memory format on CUDA (CPU keeps NCHW)")
     amp: bool = Field(True, description="bf16 autocast on CUDA")
     compile: bool = False
-    sync_bn: bool = Field(True, description="with several processes, BatchNorm statistics over the global "
-                                            "batch (as one process); off: each process normalises its slice")
+    sync_bn: bool = Field(
+        True,
+        description="with several processes, BatchNorm statistics over the global "
+        "batch (as one process); off: each process normalises its slice",
+    )
 
 
 class RunSpec(_Spec):
@@ -236,9 +245,7 @@ def read_toml(source: str | Path) -> dict[str, Any]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise SpecError(
-                f"spec file {path} does not exist; pass a TOML file or one of: {', '.join(PRESETS)}"
-            )
+            raise SpecError(f"spec file {path} does not exist; pass a TOML file or one of: {', '.join(PRESETS)}")
         text, where = path.read_text(), str(path)
     try:
         return tomllib.loads(text)

@@ -87,7 +87,7 @@ def test_paper_target_encoding_exact():
 
 
 @pytest.mark.parametrize("encoding", ["paper", "standardized"])
-@pytest.mark.parametrize("components", SUBSETS + [("translation", "shear")])
+@pytest.mark.parametrize("components", [*SUBSETS, ("translation", "shear")])
 def test_targets_round_trip(encoding, components):
     g = torch.Generator().manual_seed(3)
     spec = AffineSpec(components=components, target=encoding)

@@ -111,7 +111,9 @@ def test_method_step_shapes_and_state_has_no_shared_tensors(spec):
     out = method(backbone(v1), backbone(v2), v1, v2)
     assert out.loss.dim() == 0 and out.z1.shape == (6, spec.proj_out) == out.z2.shape
     out.loss.backward()
-    pointers = [t.data_ptr() for t in method.state_dict().values()] + [t.data_ptr() for t in backbone.state_dict().values()]
+    pointers = [t.data_ptr() for t in method.state_dict().values()] + [
+        t.data_ptr() for t in backbone.state_dict().values()
+    ]
     assert len(pointers) == len(set(pointers))
 
 
