@@ -104,14 +104,16 @@ RESUMABLE = ("train.epochs", "train.device", "train.log_every", "train.checkpoin
 
 
 def resume_spec(run: Path, requested: RunSpec, explicit: list[str]) -> RunSpec:
-    """A resumed run keeps its own spec; only the fields in RESUMABLE may be changed."""
+    """A resumed run keeps its own spec; only the fields in RESUMABLE may be changed (others may be repeated)."""
     saved = RunSpec.model_validate_json((run / runs.SPEC).read_text())
+    tree = json.loads(saved.model_dump_json())
     allowed = [o for o in explicit if o.split("=", 1)[0].strip() in RESUMABLE]
-    refused = [o.split("=", 1)[0] for o in explicit if o not in allowed and not o.startswith("method.name")]
+    refused = [o.split("=", 1)[0] for o in explicit if o not in allowed and not o.startswith("method.name")
+               and build_spec(tree, [o]) != saved]  # fmt: skip
     if refused:
         raise UserError(f"--resume keeps the run's spec; {', '.join(refused)} cannot change "
                         f"(only {', '.join(RESUMABLE)}); start a new run with another --out instead")  # fmt: skip
-    return build_spec(json.loads(saved.model_dump_json()), allowed) if allowed else saved
+    return build_spec(tree, allowed) if allowed else saved
 
 
 # ---------------------------------------------------------------------------------------------

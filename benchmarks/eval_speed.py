@@ -54,13 +54,18 @@ def extraction(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int,
 def machine(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]  # fmt: skip
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-            f"{gpu}; load average {load}")  # fmt: skip
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"{gpu}; load average {load}"
+    )
 
 
 def main() -> None:
@@ -85,8 +90,10 @@ def main() -> None:
     stem = args.cifar_stem if args.cifar_stem is not None else args.size <= 64
     spec = BackboneSpec(name=args.arch, width=args.width, cifar_stem=stem)
     backbone = build_backbone(spec).eval().to(device, memory_format=torch.channels_last)
-    batches = [(x.to(device).float() / 255).contiguous(memory_format=torch.channels_last)
-               for x in images.split(args.batch_size)]  # fmt: skip
+    batches = [
+        (x.to(device).float() / 255).contiguous(memory_format=torch.channels_last)
+        for x in images.split(args.batch_size)
+    ]
     batches_nchw = [x.contiguous() for x in batches]
     n = len(images)
 
@@ -100,13 +107,18 @@ def main() -> None:
     rate = {k: n / statistics.median(v) for k, v in times.items()}
 
     print(f"**Machine:** {machine(device)}  ")
-    print(f"**Model:** {args.arch}, width {args.width}, {'CIFAR' if stem else 'ImageNet'} stem, {args.size} px, "
-          f"batch {args.batch_size}, {n} images ({args.data or 'random'}), device {device}, "
-          f"median of {args.repeats} repeats\n")  # fmt: skip
+    print(
+        f"**Model:** {args.arch}, width {args.width}, {'CIFAR' if stem else 'ImageNet'} stem, {args.size} px, "
+        f"batch {args.batch_size}, {n} images ({args.data or 'random'}), device {device}, "
+        f"median of {args.repeats} repeats\n"
+    )
     print("| measurement | img/s (median) | min–max img/s | ratio to bare |")
     print("|---|---:|---:|---:|")
-    for key, label in (("bare", "bare forward (channels_last)"), ("extract", "feature extraction (affssl)"),
-                       ("bare_nchw", "bare forward (NCHW, reference)")):  # fmt: skip
+    for key, label in (
+        ("bare", "bare forward (channels_last)"),
+        ("extract", "feature extraction (affssl)"),
+        ("bare_nchw", "bare forward (NCHW, reference)"),
+    ):
         lo, hi = n / max(times[key]), n / min(times[key])
         print(f"| {label} | {rate[key]:,.0f} | {lo:,.0f}–{hi:,.0f} | {rate[key] / rate['bare']:.2f} |")
 

@@ -116,8 +116,8 @@ def step_b(base: str, data: dict, rows: slice) -> dict[str, torch.Tensor]:
 
 
 def run_all(rows: slice) -> dict[str, dict[str, torch.Tensor]]:
-    data = inputs()
-    return {f"{level}/{base}": step(base, data, rows) for base in BASES for level, step in (("a", step_a), ("b", step_b))}
+    data, steps = inputs(), {"a": step_a, "b": step_b}
+    return {f"{level}/{base}": step(base, data, rows) for base in BASES for level, step in steps.items()}
 
 
 def worker(rank: int, folder: str) -> None:

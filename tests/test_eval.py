@@ -30,7 +30,9 @@ def _blobs(n: int, n_classes: int = 3, dim: int = 8, seed: int = 0, spread: floa
 
 def _images(n: int, size: int = 16, n_classes: int = 4, seed: int = 0) -> Split:
     gen = torch.Generator().manual_seed(seed)
-    return Split(torch.randint(0, 256, (n, 3, size, size), generator=gen, dtype=torch.uint8), torch.arange(n) % n_classes)
+    return Split(
+        torch.randint(0, 256, (n, 3, size, size), generator=gen, dtype=torch.uint8), torch.arange(n) % n_classes
+    )
 
 
 def _dataset(n_train: int = 80, n_test: int = 40, test: bool = True, labelled: bool = True) -> Dataset:
@@ -183,8 +185,9 @@ def test_cache_hit_and_keys(tiny_checkpoint, tmp_path):
     _, hit_subset = features.cached_features(source, backbone, images[:6], "x-train", batch_size=8, device=cpu)
     spec = probe_spec(AffineSpec())
     phi = sample_phi(12, spec, 16, 0)
-    hw, hit_warp = features.cached_features(source, backbone, images, "x-train", batch_size=8, device=cpu, phi=phi,
-                                            affine_spec=spec)  # fmt: skip
+    hw, hit_warp = features.cached_features(
+        source, backbone, images, "x-train", batch_size=8, device=cpu, phi=phi, affine_spec=spec
+    )
     assert not hit_subset and not hit_warp and not torch.equal(hw, h1)
     for f in (ckpt.parent / "eval" / "cache").iterdir():  # a corrupt entry is recomputed, not trusted
         f.write_bytes(b"junk")

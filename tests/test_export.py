@@ -22,8 +22,12 @@ from affssl.spec import BackboneSpec
 
 ARCHS = {  # torchvision width; both stems
     "resnet18": ("backbone.name=resnet18", "backbone.width=64", "data.image_size_px=32"),  # CIFAR stem
-    "resnet50": ("backbone.name=resnet50", "backbone.width=64", "data.image_size_px=64",
-                 "backbone.cifar_stem=false"),  # ImageNet stem, as the paper  # fmt: skip
+    "resnet50": (
+        "backbone.name=resnet50",
+        "backbone.width=64",
+        "data.image_size_px=64",
+        "backbone.cifar_stem=false",
+    ),  # ImageNet stem, as the paper
 }
 
 
@@ -71,7 +75,9 @@ def test_eval_of_an_export_writes_next_to_it(tiny_checkpoint, tmp_path):
     with safe_open(str(out), framework="pt") as f:
         assert json.loads(f.metadata()["spec"])["data"]["dataset"] == "digits"  # the default data set travels along
     images = torch.randint(0, 256, (30, 3, 16, 16), dtype=torch.uint8)
-    data = Dataset("synthetic", Split(images[:20], torch.arange(20) % 2), Split(images[20:], torch.arange(10) % 2), ("a", "b"))
+    data = Dataset(
+        "synthetic", Split(images[:20], torch.arange(20) % 2), Split(images[20:], torch.arange(10) % 2), ("a", "b")
+    )
     record = evaluate_knn(out, data=data, device="cpu")
     assert record["checkpoint"]["format"] == BACKBONE_FORMAT
     assert (tmp_path / "bb.eval" / "knn-digits.json").is_file()

@@ -30,10 +30,6 @@ class EvalData:
     classes: tuple[str, ...]
     test_carved: bool  # True when the test split was carved from train (no test split on disk)
 
-    @property
-    def labelled(self) -> bool:
-        return self.train.labels is not None
-
 
 def holdout(labels: Tensor | None, n: int, frac: float, seed: int) -> tuple[Tensor, Tensor]:
     """Sorted (kept, held) indices of n items; stratified by label when labelled, seeded."""
