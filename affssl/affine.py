@@ -80,7 +80,8 @@ def _grid(matrix: Tensor, h: int, w: int) -> Tensor:
     """Sampling grid for grid_sample(align_corners=False) from centred pixel matrices (n, 2, 3)."""
     xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=matrix.device, dtype=matrix.dtype)
     ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=matrix.device, dtype=matrix.dtype)
-    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=matrix.device, dtype=matrix.dtype)], -1)
+    ones = torch.ones(h, w, device=matrix.device, dtype=matrix.dtype)
+    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), ones], -1)  # (H, W, 3) centred pixel coords
     half = torch.tensor([0.5 * w, 0.5 * h], device=matrix.device, dtype=matrix.dtype)
     grid = base.view(1, h * w, 3) @ (matrix.transpose(1, 2) / half)  # (n, h·w, 2)
     return grid.view(-1, h, w, 2)
