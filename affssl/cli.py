@@ -34,7 +34,7 @@ _debug = {"on": os.environ.get("AFFSSL_DEBUG") == "1"}
 
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
-    _debug["on"] = _debug["on"] or debug
+    _debug["on"] = debug or os.environ.get("AFFSSL_DEBUG") == "1"
 
 
 def friendly(command):
