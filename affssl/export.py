@@ -91,7 +91,10 @@ def _export_onnx(backbone: nn.Module, source: Source, out: Path) -> float:
     """Write ONNX (dynamic batch), check it against torch with onnxruntime; returns the max abs diff."""
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install 'affssl[onnx]'")
+        # No square brackets in the message: the CLI prints it as rich markup.
+        raise UserError(
+            f"ONNX export needs {' and '.join(missing)} (the optional extra 'onnx'): pip install onnx onnxruntime"
+        )
     import onnx
     import onnxruntime
 
