@@ -21,7 +21,7 @@ from rich.table import Table
 from affssl import runs
 from affssl.ablate import Ablation, EvalSettings, PlannedRun, Variant
 from affssl.ablate_run import curve_checkpoint, curve_epochs, eval_path, read_record
-from affssl.ablate_stats import Comparison, Summary, compare, fmt, fmt_p, summarize
+from affssl.stats import Comparison, Summary, compare, fmt, fmt_p, summarize
 
 Unit = Literal["seed", "trial"]
 # results.csv: these columns, then one per metric, then `<metric>_trials` (";"-joined probe trials)

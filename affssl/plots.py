@@ -15,7 +15,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from affssl.ablate_results import Row, VariantStats, unit_label
-from affssl.ablate_stats import ci_half_width, mean
+from affssl.stats import ci_half_width, mean
 
 DPI = 120
 

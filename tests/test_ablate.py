@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 import affssl.eval
 from affssl import ablate as ab
-from affssl import ablate_stats, checkpoint, engine, runs
+from affssl import checkpoint, engine, runs
+from affssl import stats as ablate_stats
 from affssl.cli import app
 from affssl.errors import UserError
 from affssl.eval.features import slug

@@ -16,8 +16,8 @@ from affssl.eval import evaluate_affine, evaluate_knn, evaluate_linear, features
 from affssl.eval.equivariance import head_r2, probe, probe_spec, r2_columns, sample_phi
 from affssl.eval.knn import knn_accuracy, knn_predict
 from affssl.eval.splits import holdout, load_eval_data
-from affssl.eval.stats import t_interval
 from affssl.spec import AffineSpec
+from affssl.stats import t_interval
 
 
 def _blobs(n: int, n_classes: int = 3, dim: int = 8, seed: int = 0, spread: float = 1.0):

@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from affssl.eval.splits import holdout
-from affssl.eval.stats import t_interval
+from affssl.stats import t_interval
 
 WEIGHT_DECAYS = np.logspace(-6, 5, 10)  # paper: torch.logspace(-6, 5, 10)
 C_GRID: tuple[float, ...] = tuple(sorted(float(c) for c in 1.0 / WEIGHT_DECAYS))  # strongest first

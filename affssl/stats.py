@@ -1,4 +1,4 @@
-"""Statistics of an ablation: mean ± 95 % t-interval, Welch's t-test, relative gain (paper §2.4).
+"""Statistics of repeated results: mean ± 95 % t-interval, Welch's t-test, relative gain (paper §2.4).
 
 Pure functions of lists of numbers. A quantity that cannot be computed from the samples is NaN,
 never a made-up number: the interval of one sample, a test with fewer than two samples on a side,
@@ -99,3 +99,11 @@ def fmt_p(p: float) -> str:
     if math.isnan(p):
         return "—"
     return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float | None]:
+    """(mean, half-width) of repeated trials; the half-width is None for fewer than two values."""
+    if not values:
+        raise ValueError("t_interval needs at least one value")
+    half = ci_half_width(values, confidence)
+    return mean(values), None if math.isnan(half) else half
