@@ -206,6 +206,14 @@ def _show(record: dict, as_json: bool) -> None:
         out.print(table(record), highlight=False)
 
 
+def _probe(protocol: str, ckpt: Path, as_json: bool, **options) -> None:
+    """Run one of affssl.eval's evaluate_<protocol> functions and show its record."""
+    import affssl.eval
+
+    evaluate = getattr(affssl.eval, f"evaluate_{protocol}")
+    _show(evaluate(ckpt, progress=err.is_terminal, **options), as_json)
+
+
 @eval_app.command("linear")
 @friendly
 def eval_linear(
@@ -220,22 +228,8 @@ def eval_linear(
     cache: CacheOpt = True,
 ) -> None:
     """The paper's linear probe: logistic regression, C chosen on a validation split of train; mean ± 95 % CI."""
-    from affssl.eval import evaluate_linear
-
-    _show(
-        evaluate_linear(
-            ckpt,
-            dataset=dataset,
-            trials=trials,
-            seed=seed,
-            limit=limit,
-            device=device,
-            batch_size=batch_size,
-            cache=cache,
-            progress=err.is_terminal,
-        ),
-        json_,
-    )
+    _probe("linear", ckpt, json_, trials=trials, dataset=dataset, seed=seed, limit=limit, device=device,
+           batch_size=batch_size, cache=cache)  # fmt: skip
 
 
 @eval_app.command("knn")
@@ -251,21 +245,8 @@ def eval_knn(
     cache: CacheOpt = True,
 ) -> None:
     """Weighted cosine kNN (k = 20 and 200, T = 0.1) on frozen features."""
-    from affssl.eval import evaluate_knn
-
-    _show(
-        evaluate_knn(
-            ckpt,
-            dataset=dataset,
-            seed=seed,
-            limit=limit,
-            device=device,
-            batch_size=batch_size,
-            cache=cache,
-            progress=err.is_terminal,
-        ),
-        json_,
-    )
+    _probe("knn", ckpt, json_, dataset=dataset, seed=seed, limit=limit, device=device,
+           batch_size=batch_size, cache=cache)  # fmt: skip
 
 
 @eval_app.command("affine")
@@ -281,21 +262,8 @@ def eval_affine(
     cache: CacheOpt = True,
 ) -> None:
     """Equivariance probe: R² of φ (rotation, translation, scale, shear) from features of an image and its warp."""
-    from affssl.eval import evaluate_affine
-
-    _show(
-        evaluate_affine(
-            ckpt,
-            dataset=dataset,
-            seed=seed,
-            limit=limit,
-            device=device,
-            batch_size=batch_size,
-            cache=cache,
-            progress=err.is_terminal,
-        ),
-        json_,
-    )
+    _probe("affine", ckpt, json_, dataset=dataset, seed=seed, limit=limit, device=device,
+           batch_size=batch_size, cache=cache)  # fmt: skip
 
 
 @app.command("export")
