@@ -16,7 +16,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from affssl import checkpoint, distributed, runs
+from affssl import checkpoint, distributed, hostmem, runs
 from affssl.data import Dataset, batches, load_dataset
 from affssl.errors import UserError
 from affssl.learner import Learner
@@ -47,6 +47,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     """Train per spec into the run folder; returns the path of the last checkpoint."""
     torch.manual_seed(spec.train.seed)  # initial weights
     device = resolve_device(spec.train.device)
+    if device.type == "cpu":
+        hostmem.keep_freed_memory()  # no page faults on activations every step (see hostmem)
     data = data or load_dataset(spec.data, seed=spec.train.seed, progress=show_progress and distributed.is_main())
     images = data.train.images.to(device)  # (N, C, S, S) uint8, resident for the whole run
     world, rank = distributed.world_size(), distributed.rank()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from affssl import hostmem
 from affssl.data import batches, load_dataset
 from affssl.engine import PURPOSES, generator, resolve_device
 from affssl.learner import Learner
@@ -66,11 +67,14 @@ class EngineStep:
 
     Mirrors the loop body: batch of indices from a seeded permutation, lr, bf16 autocast (CUDA,
     train.amp), Learner forward (views, encoder passes, method loss, affine term), zero_grad,
-    backward, optimizer step (fused on CUDA), the method's after_step; channels_last on CUDA.
+    backward, optimizer step (fused on CUDA), the method's after_step; channels_last on CUDA;
+    on CPU the engine's host-memory setting (affssl.hostmem).
     """
 
     def __init__(self, spec: RunSpec, pixels: torch.Tensor, device: torch.device):
         torch.manual_seed(spec.train.seed)
+        if device.type == "cpu":  # as the engine does; process-wide, so the bare and peer steps gain too
+            hostmem.keep_freed_memory()
         self.spec, self.device, self.images = spec, device, pixels.to(device)
         self.learner = Learner(spec).to(device)
         if spec.train.channels_last and device.type == "cuda":

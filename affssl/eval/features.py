@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-from affssl import affine, checkpoint
+from affssl import affine, checkpoint, hostmem
 from affssl.backbones import ResNet, build_backbone
 from affssl.checkpoint import BACKBONE_FORMAT, TRAIN_FORMAT, CheckpointError
 from affssl.errors import UserError
@@ -149,6 +149,8 @@ def extract(
 ) -> Tensor:
     """Features (N, F) float32 on the CPU of uint8 images (N, 3, S, S), optionally warped by φ (N, 6) first."""
     backbone.eval().to(device, memory_format=torch.channels_last)
+    if device.type == "cpu":
+        hostmem.keep_freed_memory()  # reuse activation blocks between batches
     source = images.to(device) if device.type == "cuda" else images  # uint8 is small: one copy
     chunks = []
     with torch.inference_mode():
