@@ -1,8 +1,8 @@
 """Datasets → uint8 tensors in memory, plus the epoch batch iterator (design decision 1).
 
 `load_dataset` turns a `DataSpec` into a `Dataset` of (N, 3, S, S) uint8 images and int64 labels
-from sklearn's digits (offline default), six torchvision data sets, or any image folder. Decoding
-happens once: the full data is cached as safetensors under a sha256 key of the source's identity
+from sklearn's digits (offline default), six torchvision data sets, or any image folder (files
+decoded by affssl.decode). Decoding happens once: the full data is cached as safetensors under a sha256 key of the source's identity
 (paths, sizes, mtimes), the image size and a format version, so an edit to the source invalidates
 it. `--limit` is applied after the cache, stratified and seeded. Randomness takes explicit Generators.
 """
@@ -10,13 +10,10 @@ it. `--limit` is applied after the cache, stratified and seeded. Randomness take
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import re
 import tempfile
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -26,20 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
+from affssl.decode import IMAGE_EXTENSIONS, Entry, decode_files, square
 from affssl.errors import UserError
 from affssl.spec import DataSpec
 
 FORMAT_VERSION = 1  # bump when the decoded content changes, so old cache files are not reused
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TORCHVISION: dict[str, str] = {  # --dataset name → torchvision.datasets class
     "cifar10": "CIFAR10",
     "cifar100": "CIFAR100",
@@ -49,7 +43,6 @@ TORCHVISION: dict[str, str] = {  # --dataset name → torchvision.datasets class
     "fashion-mnist": "FashionMNIST",
 }
 LAYOUTS = "PATH/train/<class>/*.jpg (+ PATH/test/<class>/*.jpg), PATH/<class>/*.jpg, or PATH/*.jpg (unlabelled)"
-_CHUNK_FILES, _CHUNK_BYTES = 1024, 32 << 20  # decode in batches; bounds memory for large images
 
 
 class DataError(UserError):
@@ -71,7 +64,6 @@ class Dataset:
 
 
 Loaded = tuple[Split, Split | None, tuple[str, ...]]
-Entry = tuple[str, int, int]  # (path, size, mtime_ns)
 Files = dict[str, tuple[list[Entry], list[int] | None]]  # split → (sorted image files, labels or None)
 
 
@@ -142,13 +134,6 @@ def _stratified(labels: Tensor, n: int, gen: torch.Generator) -> Tensor:
     return torch.cat(picks).sort().values  # (n,)
 
 
-def _square(images: Tensor, size: int) -> Tensor:
-    """(N, 3, h, w) uint8 → (N, 3, S, S): short side to S (antialiased), centre crop."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return TF.center_crop(TF.resize(images, size, antialias=True), [size, size]).contiguous()
-
-
 def _to_images(array: np.ndarray | Tensor, size: int) -> Tensor:
     """(N, h, w), (N, h, w, 3) or (N, 3, h, w) uint8 array → (N, 3, S, S) uint8 tensor."""
     x = torch.as_tensor(np.asarray(array))
@@ -156,7 +141,7 @@ def _to_images(array: np.ndarray | Tensor, size: int) -> Tensor:
         x = x.unsqueeze(1).expand(-1, 3, -1, -1)
     elif x.shape[1] != 3:  # channels last (N, h, w, 3)
         x = x.permute(0, 3, 1, 2)
-    return _square(x.contiguous(), size)
+    return square(x.contiguous(), size)
 
 
 def _digits(size: int) -> Loaded:
@@ -254,7 +239,7 @@ def _decode_folder(splits: Files, classes: tuple[str, ...], folder: Path, size: 
     with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task(f"decoding {folder}", total=total)
         for part, (files, labels) in splits.items():
-            images = _decode_files(files, size, failures, partial(bar.advance, task))
+            images = decode_files(files, size, failures, partial(bar.advance, task))
             out[part] = Split(images, None if labels is None else torch.tensor(labels, dtype=torch.int64))
     if failures:
         listed = "; ".join(f"{f} ({why})" for f, why in failures[:5])
@@ -263,66 +248,6 @@ def _decode_folder(splits: Files, classes: tuple[str, ...], folder: Path, size: 
             f"{' …' if len(failures) > 5 else ''}; remove or replace them"
         )
     return out["train"], out.get("test"), classes
-
-
-def _decode_files(files: list[Entry], size: int, failures: list, advance: Callable[[int], None]) -> Tensor:
-    """Read and decode in chunks; unreadable files are added to failures as (path, reason)."""
-    out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)  # (N, 3, S, S)
-    pending, nbytes = [], 0
-    for i, (path, _, _) in enumerate(files):
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as err:
-            data = err.strerror or str(err)
-        pending.append((path, data))
-        nbytes += len(data)
-        if len(pending) == _CHUNK_FILES or nbytes >= _CHUNK_BYTES or i == len(files) - 1:
-            _decode_chunk(pending, out[i + 1 - len(pending) : i + 1], failures)
-            advance(len(pending))
-            pending, nbytes = [], 0
-    return out
-
-
-def _decode_chunk(pending: list[tuple[str, bytes | str]], out: Tensor, failures: list) -> None:
-    """Decode (path, bytes or read error) pairs into out (n, 3, S, S); a failed slot keeps garbage."""
-    raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) if d and isinstance(d, bytes) else d for _, d in pending]
-    images: list[Tensor | None] = [None] * len(pending)
-    jpegs = [i for i, (_, d) in enumerate(pending) if isinstance(d, bytes) and d[:3] == b"\xff\xd8\xff"]
-    with warnings.catch_warnings():  # torchvision ≥ 0.29 warns on every image call
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:  # one call for all the JPEGs: faster than decode_image per file
-            decoded = decode_jpeg([raw[i] for i in jpegs], mode=ImageReadMode.RGB) if jpegs else []
-            for i, img in zip(jpegs, decoded, strict=True):
-                images[i] = img  # (3, h, w)
-        except RuntimeError:
-            pass  # one bad file fails the whole batch: decode one by one below to find it
-        for i, ((path, _), r) in enumerate(zip(pending, raw, strict=True)):
-            if images[i] is None:
-                images[i] = _decode_one(path, r, failures)
-    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, img in enumerate(images):
-        if img is not None:
-            by_shape[tuple(img.shape)].append(i)
-    for idx in by_shape.values():  # resize each group of equal-size images in one call
-        out[idx] = _square(torch.stack([images[i] for i in idx]), out.shape[-1])
-
-
-def _decode_one(path: str, raw: Tensor | str, failures: list) -> Tensor | None:
-    """torchvision.io, else PIL (BMP); None, with (path, reason) added to failures, when neither reads it."""
-    if not isinstance(raw, Tensor):
-        failures.append((path, raw or "empty file"))
-        return None
-    try:
-        return TF.to_dtype(decode_image(raw, mode=ImageReadMode.RGB), torch.uint8, scale=True)  # 16-bit PNG
-    except RuntimeError as err:
-        reason = re.sub(r"^.*\.cpp:\d+,\s*", "", str(err).strip())
-    try:
-        with Image.open(io.BytesIO(raw.numpy().tobytes())) as im:
-            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, h, w)
-    except (OSError, ValueError):
-        failures.append((path, reason))
-        return None
 
 
 def _cache_path(spec: DataSpec, source: str, identity: object) -> Path:

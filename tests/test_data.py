@@ -190,7 +190,7 @@ def test_cache_hit_then_invalidated_by_an_edit(folder, tmp_path, monkeypatch):
     first = load_dataset(spec)
     [cached] = (tmp_path / "cache" / "decoded").glob("*.safetensors")
     with monkeypatch.context() as m:
-        m.setattr(data, "_decode_files", _refuse)
+        m.setattr(data, "decode_files", _refuse)
         second = load_dataset(spec)
         for a, b in ((first.train, second.train), (first.test, second.test)):
             assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
@@ -212,7 +212,7 @@ def test_corrupt_cache_is_rewritten(folder, tmp_path, monkeypatch):
     cached.write_bytes(cached.read_bytes()[:100])
     again = load_dataset(spec)
     assert torch.equal(first.train.images, again.train.images)
-    monkeypatch.setattr(data, "_decode_files", _refuse)
+    monkeypatch.setattr(data, "decode_files", _refuse)
     assert torch.equal(load_dataset(spec).train.images, first.train.images)
     assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temp files left
 
