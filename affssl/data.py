@@ -2,9 +2,10 @@
 
 `load_dataset` turns a `DataSpec` into a `Dataset` of (N, 3, S, S) uint8 images and int64 labels
 from sklearn's digits (offline default), six torchvision data sets, or any image folder (files
-decoded by affssl.decode). Decoding happens once: the full data is cached as safetensors under a sha256 key of the source's identity
-(paths, sizes, mtimes), the image size and a format version, so an edit to the source invalidates
-it. `--limit` is applied after the cache, stratified and seeded. Randomness takes explicit Generators.
+decoded by affssl.decode). Decoding happens once: the full data is cached as safetensors under a
+sha256 key of the source's identity (paths, sizes, mtimes), the image size and a format version,
+so an edit to the source invalidates it. `--limit` is applied after the cache, stratified and
+seeded. Randomness takes explicit Generators.
 """
 
 from __future__ import annotations
