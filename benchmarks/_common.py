@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import gc
 import os
@@ -19,7 +20,7 @@ from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
 from affssl.spec import DataSpec, RunSpec, load_spec
 
-__all__ = ["EngineStep", "images", "machine", "peak_memory", "resolve_device", "run_spec", "seconds"]
+__all__ = ["EngineStep", "images", "machine", "peak_memory", "resolve_device", "run_spec", "seconds", "step_args"]
 
 
 def machine(device: torch.device) -> str:
@@ -32,6 +33,16 @@ def machine(device: torch.device) -> str:
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
             f"{gpu}, device {device}; load average {load}")  # fmt: skip
+
+
+def step_args(p: argparse.ArgumentParser) -> None:
+    """The options throughput.py and peer_pipeline.py share: model, device and timing."""
+    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet50"])
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
 
 
 def sync(device: torch.device) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms as T
-from _common import EngineStep, images, machine, resolve_device, run_spec, seconds
+from _common import EngineStep, images, machine, resolve_device, run_spec, seconds, step_args
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.datasets import ImageFolder
@@ -102,14 +102,9 @@ class PeerStep:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet50"])
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
+    step_args(p)
     p.add_argument("--affine", action="store_true", help="the affine module on both sides (default: off on both)")
     p.add_argument("--workers", type=int, default=2, help="peer DataLoader workers")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
     p.add_argument("--images", type=int, default=4096, help="images in memory (random pixels only)")
     p.add_argument("--data", help="image folder (class sub-folders; train/ used if present), e.g. CIFAR-10 JPEGs")
     p.add_argument("--quick", action="store_true", help="smoke run: width 8, 16 px, batch 16, 2 repeats of 3 steps")

@@ -26,7 +26,7 @@ import argparse
 import statistics
 
 import torch
-from _common import EngineStep, images, machine, peak_memory, resolve_device, run_spec, seconds
+from _common import EngineStep, images, machine, peak_memory, resolve_device, run_spec, seconds, step_args
 
 from affssl.backbones import build_backbone
 
@@ -74,12 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="simclr", choices=["simclr", "byol", "barlow"])
     p.add_argument("--batch-size", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet50"])
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
+    step_args(p)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--mem-steps", type=int, default=2, help="steps per peak-memory measurement")
     p.add_argument("--images", type=int, default=2048, help="images held in memory (at least 2 batches)")
