@@ -16,7 +16,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from affssl import checkpoint, distributed, hostmem, runs
+from affssl import checkpoint, distributed, hostmem, precision, runs
 from affssl.data import Dataset, batches, load_dataset
 from affssl.errors import UserError
 from affssl.learner import Learner
@@ -66,8 +66,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     if world > 1 and spec.train.sync_bn:  # BatchNorm statistics over the global batch, as one process
         learner = distributed.sync_batchnorm(learner)
     counts = learner.param_counts()
-    if spec.train.channels_last and device.type == "cuda":  # on CPU it slows BatchNorm backward ×10
-        learner = learner.to(memory_format=torch.channels_last)
+    policy = precision.resolve(spec.train.precision, spec.train.memory_format, device)
+    learner = learner.to(memory_format=policy.memory_format)  # conv weights; activations follow them
     params = [p for p in learner.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, spec.optim, fused=device.type == "cuda")
     start_epoch = 0
@@ -90,7 +90,6 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
         model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.index is not None
                                                     else None)  # fmt: skip
     step_fn = torch.compile(model) if spec.train.compile else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and spec.train.amp)
     local_batch = spec.train.batch_size // world
     last = run / runs.LAST
 
@@ -111,7 +110,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, steps_per_epoch, spec.optim)
                 x = images[index[rank * local_batch : (rank + 1) * local_batch]]  # (b, C, S, S) uint8
-                with autocast:
+                with policy.autocast():
                     loss, parts = step_fn(x, g_views, g_affine)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -177,14 +177,30 @@ class TrainSpec(_Spec):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(10, ge=1, description="also keep epoch-NNNN.safetensors every N epochs")
     log_every: int = Field(10, ge=1, description="steps between metric lines (each one syncs the device)")
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA (CPU keeps NCHW)")
-    amp: bool = Field(True, description="bf16 autocast on CUDA")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32"
+    )
+    memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
+        "auto", description="activations' layout; auto: channels_last (measured faster on CPU and CUDA)"
+    )
     compile: bool = False
     sync_bn: bool = Field(
         True,
         description="with several processes, BatchNorm statistics over the global "
         "batch (as one process); off: each process normalises its slice",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # Specs written before 0.2 carry `amp` and `channels_last`; read them as the fields that replaced them.
+        if isinstance(data, dict) and ("amp" in data or "channels_last" in data):
+            data = dict(data)
+            if "amp" in data:
+                data.setdefault("precision", "auto" if data.pop("amp") else "fp32")
+            if "channels_last" in data:
+                data.setdefault("memory_format", "auto" if data.pop("channels_last") else "contiguous")
+        return data
 
 
 class RunSpec(_Spec):

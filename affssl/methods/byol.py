@@ -11,9 +11,11 @@ from torch import Tensor, nn
 
 from affssl.heads import mlp
 from affssl.methods.base import StepOut
+from affssl.precision import fp32
 from affssl.spec import BYOLSpec
 
 
+@fp32
 def byol_loss(p1: Tensor, p2: Tensor, t1: Tensor, t2: Tensor) -> Tensor:
     """Symmetrised 2 − 2·cos(p, t): online predictions p (N, D) against the other view's targets t."""
     term = lambda p, t: (2 - 2 * F.cosine_similarity(p, t.detach(), dim=1)).mean()  # noqa: E731
