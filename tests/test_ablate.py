@@ -99,13 +99,31 @@ def test_presets_expand_to_valid_specs(preset):
     planned = ab.plan(ablation, build)
     refs = [r.variant.name for r in planned if r.variant.reference]
     assert len(refs) == len(ablation.bases)  # one reference (all components, first axis values) per base
-    if preset == "main":
+    if preset == "main":  # the paper's three bases, whatever else the registry holds
+        assert ab.PAPER_BASES == ("simclr", "byol", "barlow")
         assert [r.variant.name for r in planned] == [f"{b}/{k}" for b in ab.PAPER_BASES for k in ("base", "affine-all")]
     if preset == "weight":
         assert {r.spec.affine.weight for r in planned if r.spec.affine.enabled} == {10.0, 1.0}
         assert {r.spec.method.name for r in planned} == {"barlow"}
     if preset == "views":
         assert {r.spec.affine.views for r in planned if r.spec.affine.enabled} == {1, 2}
+
+
+def test_new_bases_plan_with_their_own_affine_weight():
+    ablation = ab.make_ablation(default_base="simclr", first_seed=0, bases="vicreg,mocov3,simsiam", components="scale")
+    planned = ab.plan(ablation, build)
+    assert [r.variant.name for r in planned] == [f"{b}/{k}" for b in ("vicreg", "mocov3", "simsiam")
+                                                 for k in ("base", "affine-scale")]  # fmt: skip
+    assert {r.spec.method.name: r.spec.affine.weight for r in planned} == {"vicreg": 5.0, "mocov3": 1.0,
+                                                                          "simsiam": 0.25}  # fmt: skip
+
+
+def test_ablate_cli_dry_run_accepts_the_new_bases():
+    result = runner.invoke(app, ["ablate", "--base", "vicreg,mocov3,simsiam", "--components", "scale", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    for base in ("vicreg", "mocov3", "simsiam"):
+        assert f"{base}/base" in result.output and f"{base}/affine-scale" in result.output
+    assert "6 runs" in result.output
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,18 @@ def image_folder(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("base", ["simclr", "byol", "barlow"])
+METHOD_PARTS = {
+    "simclr": ("projector",),
+    "byol": ("projector", "predictor", "target_backbone", "target_projector"),
+    "barlow": ("projector",),
+    "vicreg": ("projector",),
+    "mocov3": ("projector", "predictor", "momentum_backbone", "momentum_projector"),
+    "simsiam": ("projector", "predictor"),
+}
+MOMENTUM = {"byol": "target_backbone", "mocov3": "momentum_backbone"}
+
+
+@pytest.mark.parametrize("base", list(METHOD_PARTS))
 @pytest.mark.parametrize("with_affine", [True, False])
 def test_pretrain_writes_run_and_loss_goes_down(tmp_path, base, with_affine):
     spec = tiny(f"method.name={base}", f"affine.enabled={str(with_affine).lower()}", "train.epochs=4",
@@ -66,9 +77,15 @@ def test_pretrain_writes_run_and_loss_goes_down(tmp_path, base, with_affine):
     assert epochs[-1]["loss"] < epochs[0]["loss"], [r["loss"] for r in epochs]
     if with_affine:
         assert epochs[-1]["loss_affine"] < epochs[0]["loss_affine"]
-    keys = load_file(last).keys()
+    tensors = load_file(last)
+    keys = tensors.keys()
     assert any(k.startswith("model.head.") for k in keys) == with_affine
     assert any(k.startswith("optim.") for k in keys)
+    for part in METHOD_PARTS[base]:  # the method's own tensors travel in the checkpoint
+        assert any(k.startswith(f"model.method.{part}.") for k in keys), part
+    if base in MOMENTUM:  # a separate EMA copy that lags the online encoder
+        copy = f"model.method.{MOMENTUM[base]}.conv1.weight"
+        assert not torch.equal(tensors[copy], tensors["model.backbone.conv1.weight"])
 
 
 def test_pretrain_on_image_folder(tmp_path, image_folder):
