@@ -13,7 +13,7 @@ affssl: the engine's step (`_common.EngineStep`) on uint8 images in memory, view
     batches on the training device.
 Both sides use the same Learner weights, batch, augmentation parameters (affssl's AugmentSpec)
 and optimizer, and by default leave the affine module OFF on both sides (--affine: ON on both,
-the peer side calling the same Learner affine term on its views).
+the peer side calling the Learner's affine block on its views).
 
 img/s = source images per second (each gives two views, so two encoder passes, on both sides).
 ratio = affssl / peer; goal ≥ 1.3. Repeats alternate the two; medians. The peer's workers are
@@ -92,7 +92,7 @@ class PeerStep:
             out = learner.method(h1, h2, v1, v2)
             loss = out.loss
             if learner.head is not None:
-                loss = loss + e.spec.affine.weight * learner._affine_term(v1, h1, out.z1, e.g_affine)
+                loss = loss + e.spec.affine.weight * learner.head(learner.backbone, v1, h1, e.g_affine)
         e.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         e.optimizer.step()
