@@ -168,7 +168,8 @@ class BackboneSpec(_Spec):
     @model_validator(mode="after")
     def _applies(self) -> BackboneSpec:
         if self.width != 64 and self.name not in WIDTH_RESNETS:
-            raise ValueError(f"width {self.width} applies to {'/'.join(WIDTH_RESNETS)} only; drop it for {self.name}")
+            resnets = "resnet" + "/".join(n.removeprefix("resnet") for n in WIDTH_RESNETS)  # resnet18/34/…
+            raise ValueError(f"width {self.width} applies to {resnets} only; drop backbone.width for {self.name}")
         if self.cifar_stem and not self.name.startswith(STEM_FAMILY):
             raise ValueError(f"the CIFAR stem applies to the ResNet family only; set cifar_stem=false for {self.name}")
         return self
