@@ -146,12 +146,19 @@ def classification_models() -> tuple[str, ...]:
 
 
 class BackboneSpec(_Spec):
+    """The encoder: a torchvision classification model by name, its final classification Linear removed.
+
+    `width` applies to resnet18/34/50/101/152 (affssl's own ResNet); `cifar_stem` to the ResNet family
+    (resnet*, resnext*, wide_resnet*: the models of torchvision's ResNet class). Other models take
+    neither; ViT and MaxViT are built for data.image_size_px.
+    """
+
     name: str = Field("resnet18", description="a torchvision classification model: resnet18, convnext_tiny, vit_b_16…")
     width: int = Field(
         64, ge=4, description="channels of the first stage (resnet18/34/50/101/152); 64 is torchvision's"
     )
     cifar_stem: bool | None = Field(
-        None, description="3×3 stride-1 conv, no max-pool (ResNet family); None → image ≤ 64 px"
+        None, description="3×3 stride-1 conv1, no max-pool (ResNet family only); None → image ≤ 64 px for those"
     )
 
     @field_validator("name")
