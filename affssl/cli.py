@@ -66,7 +66,7 @@ AffineOpt = Annotated[bool | None, typer.Option("--affine/--no-affine", help="Ad
 ComponentsOpt = Annotated[str | None, typer.Option(help=f"Comma list of affine components: {','.join(COMPONENTS)}.")]
 DatasetOpt = Annotated[str | None, typer.Option(help="digits | cifar10 | cifar100 | stl10 | svhn | mnist | "
                                                      "fashion-mnist | PATH to an image folder.")]  # fmt: skip
-BackboneOpt = Annotated[str | None, typer.Option(help="resnet18 | resnet50.")]
+BackboneOpt = Annotated[str | None, typer.Option(help="torchvision classification model: resnet18, vit_b_16, ….")]
 EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs.")]
 BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
 LimitOpt = Annotated[int | None, typer.Option(help="Train on N images (stratified when labelled).")]

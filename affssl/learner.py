@@ -30,7 +30,7 @@ class Learner(nn.Module):
     def __init__(self, spec: RunSpec):
         super().__init__()
         self.spec = spec
-        self.backbone = build_backbone(spec.backbone)
+        self.backbone = build_backbone(spec.backbone, spec.data.image_size_px)
         feat_dim = self.backbone.feat_dim
         self.method = build_method(spec.method, self.backbone, feat_dim)
         if spec.affine.enabled:

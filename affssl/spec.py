@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import tomllib
+from difflib import get_close_matches
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -141,10 +143,56 @@ class AffineSpec(_Spec):
         return v
 
 
+# affssl's own ResNets (torchvision's blocks and key names) take a width; every other name is built by
+# torchvision.models.get_model. The CIFAR stem applies to the models of torchvision's ResNet class.
+WIDTH_RESNETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+STEM_FAMILY: tuple[str, ...] = ("resnet", "resnext", "wide_resnet")  # name prefixes
+LIST_BACKBONES = 'python -c "import torchvision.models as m; print(m.list_models(module=m))"'
+
+
+@cache
+def classification_models() -> tuple[str, ...]:
+    """torchvision's classification model names (imported on first use: torchvision takes seconds)."""
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
 class BackboneSpec(_Spec):
-    name: Literal["resnet18", "resnet50"] = "resnet18"
-    width: int = Field(64, ge=4, description="channels of the first stage; 64 is torchvision's")
-    cifar_stem: bool | None = Field(None, description="3×3 stride-1 conv, no max-pool; None → image ≤ 64 px")
+    """The encoder: a torchvision classification model by name, its final classification Linear removed.
+
+    `width` applies to resnet18/34/50/101/152 (affssl's own ResNet); `cifar_stem` to the ResNet family
+    (resnet*, resnext*, wide_resnet*: the models of torchvision's ResNet class). Other models take
+    neither; ViT and MaxViT are built for data.image_size_px.
+    """
+
+    name: str = Field("resnet18", description="a torchvision classification model: resnet18, convnext_tiny, vit_b_16…")
+    width: int = Field(
+        64, ge=4, description="channels of the first stage (resnet18/34/50/101/152); 64 is torchvision's"
+    )
+    cifar_stem: bool | None = Field(
+        None, description="3×3 stride-1 conv1, no max-pool (ResNet family only); None → image ≤ 64 px for those"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v in WIDTH_RESNETS or v in classification_models():  # the common names skip importing torchvision
+            return v
+        close = get_close_matches(v, classification_models(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"unknown backbone {v!r}; {hint}list torchvision's classification models with: {LIST_BACKBONES}"
+        )
+
+    @model_validator(mode="after")
+    def _applies(self) -> BackboneSpec:
+        if self.width != 64 and self.name not in WIDTH_RESNETS:
+            resnets = "resnet" + "/".join(n.removeprefix("resnet") for n in WIDTH_RESNETS)  # resnet18/34/…
+            raise ValueError(f"width {self.width} applies to {resnets} only; drop backbone.width for {self.name}")
+        if self.cifar_stem and not self.name.startswith(STEM_FAMILY):
+            raise ValueError(f"the CIFAR stem applies to the ResNet family only; set cifar_stem=false for {self.name}")
+        return self
 
 
 class SimCLRSpec(_Spec):
@@ -281,7 +329,7 @@ class RunSpec(_Spec):
             w = DEFAULT_AFFINE_WEIGHT[self.method.name]
             updates["affine"] = self.affine.model_copy(update={"weight": w})
         if self.backbone.cifar_stem is None:
-            stem = self.data.image_size_px <= 64
+            stem = self.data.image_size_px <= 64 and self.backbone.name.startswith(STEM_FAMILY)
             updates["backbone"] = self.backbone.model_copy(update={"cifar_stem": stem})
         for key, value in updates.items():
             object.__setattr__(self, key, value)
@@ -332,9 +380,11 @@ def read_toml(source: str | Path) -> dict[str, Any]:
 
 def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
     tree = json.loads(json.dumps(tree, default=str))  # deep copy; overrides never touch the source
+    file_backbone = dict(tree["backbone"]) if isinstance(tree.get("backbone"), dict) else {}
     # The method section's discriminator defaults to simclr so a TOML may omit it.
     for assignment in overrides:
         apply_override(tree, assignment)
+    _drop_file_backbone_options(tree, file_backbone, overrides)
     if isinstance(tree.get("method"), dict):
         tree["method"].setdefault("name", "simclr")
         name = tree["method"]["name"]
@@ -344,6 +394,18 @@ def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
         return RunSpec.model_validate(tree)
     except ValidationError as err:
         raise SpecError(describe(err)) from None
+
+
+def _drop_file_backbone_options(tree: dict[str, Any], file_backbone: dict[str, Any], overrides: list[str]) -> None:
+    """A file's width and stem belong to its ResNet: an override naming a model without a width drops them."""
+    backbone = tree.get("backbone")
+    name = backbone.get("name", "resnet18") if isinstance(backbone, dict) else "resnet18"
+    if name == file_backbone.get("name", "resnet18") or name in WIDTH_RESNETS:
+        return
+    overridden = {a.partition("=")[0].strip() for a in overrides}
+    for key in ("width", "cifar_stem"):
+        if key in file_backbone and f"backbone.{key}" not in overridden:
+            backbone.pop(key, None)
 
 
 def load_spec(source: str | Path | None = None, overrides: list[str] = ()) -> RunSpec:

@@ -1,8 +1,8 @@
 """Frozen features: rebuild a backbone from a file's header alone, extract in eval mode, cache on disk.
 
 A source is a training checkpoint (format affssl.train/1, tensors model.backbone.*) or a backbone
-export (affssl.backbone/1, tensors named as torchvision's ResNet). Both carry the backbone spec and
-the input size, so no --arch flag exists. Extraction runs under inference_mode with BatchNorm in
+export (affssl.backbone/1, tensors named as the torchvision model without its classifier). Both carry
+the backbone spec and the input size, so no --arch flag exists. Extraction runs under inference_mode with BatchNorm in
 eval mode (running statistics, not the paper's train-mode quirk), channels_last, images as float
 in [0, 1] without mean/std, as in training. Features are cached as safetensors keyed by the
 sha256 of the source file and of the exact image bytes (so a subset or another data set never
@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from affssl import affine, checkpoint, hostmem
-from affssl.backbones import ResNet, build_backbone
+from affssl.backbones import build_backbone, torchvision_model
 from affssl.checkpoint import BACKBONE_FORMAT, TRAIN_FORMAT, CheckpointError
 from affssl.errors import UserError
 from affssl.spec import AffineSpec, BackboneSpec, RunSpec
@@ -101,9 +101,14 @@ def backbone_tensors(source: Source) -> dict[str, Tensor]:
     return read_tensors(source.path, prefix)
 
 
-def build_from(source: Source, tensors: dict[str, Tensor]) -> ResNet:
-    """The backbone of a source with its weights loaded strictly, in eval mode."""
-    backbone = build_backbone(source.backbone)
+def build_from(source: Source, tensors: dict[str, Tensor], torchvision: bool = False) -> nn.Module:
+    """The backbone of a source with its weights loaded strictly, in eval mode.
+
+    `torchvision`: build torchvision's own model (`backbones.torchvision_model`) rather than affssl's
+    encoder; they differ only for resnet18/34/50/101/152, whose weights both hold at width 64.
+    """
+    build = torchvision_model if torchvision else build_backbone
+    backbone = build(source.backbone, source.image_size_px)
     try:
         backbone.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
@@ -118,10 +123,13 @@ def build_from(source: Source, tensors: dict[str, Tensor]) -> ResNet:
 def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """A ready encoder (eval mode) from a training checkpoint or an `affssl export` file.
 
+    It is torchvision's model (`torchvision.models.get_model(name)`, classification Linear replaced by
+    nn.Identity(), CIFAR stem for a ResNet trained with it), except for ResNets of width ≠ 64, which
+    torchvision cannot hold: those are affssl's ResNet with the same key names.
     Input: (B, 3, S, S) float RGB in [0, 1] without mean/std normalisation; output (B, F).
     """
     source = open_source(Path(path))
-    return build_from(source, backbone_tensors(source)).to(device)
+    return build_from(source, backbone_tensors(source), torchvision=source.backbone.width == 64).to(device)
 
 
 def resolve_device(name: str) -> torch.device:
