@@ -206,11 +206,28 @@ def _show(record: dict, as_json: bool) -> None:
         out.print(table(record), highlight=False)
 
 
-def _probe(protocol: str, ckpt: Path, as_json: bool, **options) -> None:
+InitOpt = Annotated[str, typer.Option(help="trained: probe CKPT; random: the untrained encoder of a spec (CKPT: "
+                                           "TOML, preset or RUN/spec.json; + --set), BatchNorm settled.")]  # fmt: skip
+
+
+def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_=None, **options) -> None:
     """Run one of affssl.eval's evaluate_<protocol> functions and show its record."""
     import affssl.eval
 
     evaluate = getattr(affssl.eval, f"evaluate_{protocol}")
+    if init == "random":  # the floor: RUN/floor or floors/<spec hash>/last.safetensors (affssl.floor)
+        from affssl import floor
+
+        source = str(ckpt)
+        if Path(source).name == runs.SPEC and Path(source).is_file():
+            spec = build_spec(json.loads(Path(source).read_text()), list(set_ or []))
+        else:
+            spec = resolve_spec(source, None, list(set_ or []))
+        ckpt = floor.write_floor(spec, floor.default_folder(source, spec))
+    elif init != "trained":
+        raise UserError(f"--init {init!r}: choose trained or random")
+    elif set_:
+        raise UserError("--set applies to --init random only; a checkpoint carries its own spec")
     _show(evaluate(ckpt, progress=err.is_terminal, **options), as_json)
 
 
@@ -226,9 +243,11 @@ def eval_linear(
     seed: EvalSeedOpt = 0,
     limit: EvalLimitOpt = None,
     cache: CacheOpt = True,
+    init: InitOpt = "trained",
+    set_: SetOpt = None,
 ) -> None:
     """The paper's linear probe: logistic regression, C chosen on a validation split of train; mean ± 95 % CI."""
-    _probe("linear", ckpt, json_, trials=trials, dataset=dataset, seed=seed, limit=limit, device=device,
+    _probe("linear", ckpt, json_, init, set_, trials=trials, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
@@ -243,9 +262,11 @@ def eval_knn(
     seed: EvalSeedOpt = 0,
     limit: EvalLimitOpt = None,
     cache: CacheOpt = True,
+    init: InitOpt = "trained",
+    set_: SetOpt = None,
 ) -> None:
     """Weighted cosine kNN (k = 20 and 200, T = 0.1) on frozen features."""
-    _probe("knn", ckpt, json_, dataset=dataset, seed=seed, limit=limit, device=device,
+    _probe("knn", ckpt, json_, init, set_, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
@@ -260,9 +281,11 @@ def eval_affine(
     seed: EvalSeedOpt = 0,
     limit: EvalLimitOpt = None,
     cache: CacheOpt = True,
+    init: InitOpt = "trained",
+    set_: SetOpt = None,
 ) -> None:
     """Equivariance probe: R² of φ (rotation, translation, scale, shear) from features of an image and its warp."""
-    _probe("affine", ckpt, json_, dataset=dataset, seed=seed, limit=limit, device=device,
+    _probe("affine", ckpt, json_, init, set_, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
