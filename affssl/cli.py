@@ -350,6 +350,11 @@ def ablate(
     eval_max_iter: Annotated[int | None, typer.Option(min=1, help="L-BFGS iterations per linear-probe fit.")] = None,
     eval_batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass when probing.")] = 256,
     curve: CurveOpt = False,
+    curve_points: Annotated[int | None, typer.Option(min=1, help="With --curve implied: a checkpoint every "
+                                                     "max(1, epochs // N) epochs, so ≥ min(N, epochs) points.")] = None,
+    floor: Annotated[bool, typer.Option(help="Per base: score the untrained encoder (BatchNorm settled).")] = True,
+    match_time: Annotated[bool, typer.Option(help="Per base and seed: the base trained for the + affine run's "
+                                                   "measured time (epochs × t_affine / t_base).")] = False,
     stat_unit: StatUnitOpt = "auto",
     dataset: DatasetOpt = None,
     backbone: BackboneOpt = None,
@@ -373,7 +378,7 @@ def ablate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from affssl import ablate as ab
-    from affssl.ablate_results import rich_table
+    from affssl.ablate_summary import rich_table
 
     explicit = flag_overrides(None, None, None, dataset, backbone, epochs, batch_size, limit, None, device)
     explicit += list(set_ or [])
@@ -385,12 +390,13 @@ def ablate(
         limit=eval_limit,
         max_iter=eval_max_iter,
         batch_size=eval_batch_size,
-        curve=curve,
+        curve=curve or curve_points is not None,
+        curve_points=curve_points,
     )
     axes = {"aggregation": aggregation, "views": views, "fill": fill, "weight": weight, "location": location}
     ablation = ab.make_ablation(default_base=default.method.name, first_seed=default.train.seed, preset=preset,
                                 bases=bases, components=components, subsets=subsets, axes=axes, seeds=seeds,
-                                eval_settings=settings)  # fmt: skip
+                                eval_settings=settings, floor=floor, match_time=match_time)  # fmt: skip
     planned = ab.plan(ablation, lambda b, extra: resolve_spec(spec_file, b, explicit + extra))
     folder = out_dir or Path("ablations") / (preset or "custom")
     if dry_run:

@@ -25,7 +25,7 @@ runner = CliRunner()
 TINY = ["--set", "backbone.width=4", "--set", "data.image_size_px=16", "--batch-size", "32", "--limit", "32",
         "--epochs", "1", "--device", "cpu"]  # fmt: skip
 PROBE = ["--eval-trials", "1", "--eval-limit", "50", "--eval-max-iter", "50"]
-ACCEPTANCE = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", *TINY, *PROBE]
+ACCEPTANCE = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", "--no-floor", *TINY, *PROBE]
 
 
 def names(**options) -> list[str]:
@@ -230,7 +230,7 @@ def fakes(monkeypatch):
     return install
 
 
-FAST = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", "--epochs", "2"]
+FAST = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", "--epochs", "2", "--no-floor"]
 
 
 def test_a_killed_ablation_completes_only_the_missing_runs(tmp_path, fakes):
