@@ -65,7 +65,6 @@ def execute(planned: list[PlannedRun], out: Path, ev: EvalSettings, report: Repo
             if m is None:
                 raise UserError(f"{run.folder}: its base and + affine runs are not finished; run the ablation again")
             run = ablate_study.matched(run, m, ev.curve_points)
-            ablate_study.write_match(folder, m)
         state = run_state(run, folder, ev)
         if state == "done":
             report(Event(i, len(planned), run, "skip"))
@@ -73,6 +72,8 @@ def execute(planned: list[PlannedRun], out: Path, ev: EvalSettings, report: Repo
         if state in ("train", "resume"):
             report(Event(i, len(planned), run, state))
             train(run, folder, resume=state == "resume", data=_data(run.spec, cache))
+        if run.variant.kind == "equal-time":
+            ablate_study.write_match(folder, m)  # after train(): a fresh start empties the folder
         report(Event(i, len(planned), run, "evaluate"))
         evaluate(run, folder, ev)
         if ev.curve:

@@ -197,8 +197,8 @@ class Fakes:
             runs.append_metrics(run, {"kind": "params", "backbone": 10, "method": 5, "head": 1, "total": 16,
                                       "head_overhead_frac": 1 / 16})  # fmt: skip
         for epoch in range(start + 1, spec.train.epochs + 1):
-            runs.append_metrics(run, {"kind": "epoch", "epoch": epoch, "loss": 1.0 / epoch, "epoch_time_s": 2.0,
-                                      "img_per_s": 32.0})  # fmt: skip
+            runs.append_metrics(run, {"kind": "epoch", "epoch": epoch, "loss": 1.0 / epoch,
+                                      "epoch_time_s": 2.0 + spec.affine.enabled, "img_per_s": 32.0})  # fmt: skip
             meta = checkpoint.metadata_json(format=checkpoint.TRAIN_FORMAT, spec=spec.model_dump_json(), epoch=epoch)
             for path in {runs.epoch_checkpoint(run, epoch), run / runs.LAST}:
                 checkpoint.save(path, {"w": torch.zeros(1)}, meta)
@@ -296,6 +296,38 @@ def test_curve_probes_periodic_checkpoints_in_their_own_folders(tmp_path, fakes)
     assert (tmp_path / "curve.png").stat().st_size > 0
     again = fakes()
     assert runner.invoke(app, argv).exit_code == 0 and again.evaluated == []
+
+
+def test_equal_time_run_gets_the_affine_runs_time_in_whole_epochs(tmp_path, fakes):
+    f = fakes()  # fake epochs: 2 s without the module, 3 s with it → ratio 1.5
+    argv = [*FAST, "--subsets", "together", "--epochs", "4", "--match-time", "--curve-points", "4",
+            "--out", str(tmp_path)]  # fmt: skip
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "simclr/base-equal-time/seed-1"
+    assert RunSpec.model_validate_json((run / "spec.json").read_text()).train.epochs == 6  # round(4 × 1.5)
+    assert json.loads((run / "match.json").read_text()) == {"t_base_s": 8.0, "t_affine_s": 12.0, "time_ratio": 1.5,
+                                                            "base_epochs": 4, "epochs": 6}  # fmt: skip
+    assert (str(run), False) in f.trained and len(f.trained) == 6
+    with open(tmp_path / "results.csv") as fh:
+        rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(fh)}
+    equal, base = rows[("simclr/base-equal-time", "0")], rows[("simclr/base", "0")]
+    assert (equal["time_ratio"], equal["epochs"], base["time_ratio"], base["epochs"]) == ("1.5000", "6", "", "4")
+    # --curve-points 4 over 4 epochs: epochs 1, 2, 3 from the curve + the last, for every run; 6 for equal time
+    assert len(list((run / "curve").iterdir())) == 5
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Holm p vs equal time" in summary and "| simclr/base-equal-time | 0 | 1.5000 | 6 | 12.0 |" in summary
+    again = fakes()
+    assert runner.invoke(app, argv).exit_code == 0 and again.trained == [] and again.evaluated == []
+
+
+def test_curve_points_set_checkpoint_every():
+    ev = ab.EvalSettings(curve=True, curve_points=4)
+    ablation = ab.make_ablation(default_base="simclr", first_seed=0, components="scale", eval_settings=ev)
+    planned = ab.plan(ablation, lambda b, extra: build(b, ["train.epochs=10", *extra]))
+    assert {r.spec.train.checkpoint_every for r in planned} == {2}  # epochs 2, 4, 6, 8 + the last: 5 points
+    with pytest.raises(UserError, match="curve-points"):
+        ab.make_ablation(default_base="simclr", first_seed=0, eval_settings=ab.EvalSettings(curve_points=0))
 
 
 # ---------------------------------------------------------------------------------------------
