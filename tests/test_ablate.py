@@ -371,3 +371,38 @@ def test_calling_the_finished_ablation_again_runs_nothing(sweep, monkeypatch):
     result = runner.invoke(app, [*ACCEPTANCE, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert result.output.count("skipped (finished)") == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# The CIFAR-10 study's machinery end to end, on tiny digits: floor, base, + affine and equal time;
+# linear, kNN and equivariance probes; curves; Holm-adjusted p; plots
+
+
+def test_study_command_floor_match_time_all_probes_and_curves(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "study"
+    argv = ["ablate", "--components", "scale,shear", "--subsets", "together", "--base", "simclr", "--seeds", "2",
+            "--set", "backbone.width=4", "--set", "data.image_size_px=8", "--batch-size", "32", "--limit", "32",
+            "--epochs", "2", "--device", "cpu", "--match-time", "--eval", "linear,knn,affine", "--curve-points", "2",
+            *PROBE, "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    summary = (out / "summary.md").read_text()
+    for name in ("simclr/floor", "simclr/base", "simclr/affine-scale+shear (all)", "simclr/base-equal-time"):
+        assert f"| {name} | 2 |" in summary
+    assert "Holm p vs base" in summary and "Holm p vs equal time" in summary
+    reference = next(line for line in summary.splitlines() if line.startswith("| simclr/affine-scale+shear (all) |"))
+    cells = [c.strip() for c in reference.split("|")[1:-1]]
+    assert cells[5] != "—" and float(cells[5]) >= float(cells[4])  # Holm p (a family of one: equal to p)
+    assert cells[7] != "—"  # Holm p against the equal-time base
+    assert "R² per component" in summary and "| simclr | scale |" in summary
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    kinds = {r["variant"]: r["kind"] for r in rows}
+    assert kinds["simclr/floor"] == "floor" and kinds["simclr/base-equal-time"] == "equal-time"
+    assert all(r["epochs"] == "0" for r in rows if r["kind"] == "floor")
+    assert all(float(r["time_ratio"]) > 0 for r in rows if r["kind"] == "equal-time")
+    assert all(r["knn-digits-k20"] and r["affine-digits-r2-scale"] for r in rows)
+    for png in ("curve.png", "r2-affine-digits.png", "variants-linear-digits.png", "cost.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "simclr/base/seed-0/curve/epoch-0001/eval/linear-digits.json").is_file()  # 2 curve points
