@@ -70,7 +70,7 @@ def collect(planned: list[PlannedRun], out: Path, ev: EvalSettings) -> list[Row]
         row = Row(run.variant, run.seed, fields, wall, images / wall if wall else math.nan)
         for (protocol, dataset), record in records.items():
             _read_metrics(row, protocol, eval_path(folder, protocol, dataset, run.spec).stem, record["result"])
-        if ev.curve:
+        if ev.curve and run.variant.kind != "floor":  # the floor is a line on the curve plot, not a curve
             row.curve = _curve(run, folder, ev, times, row)
         rows.append(row)
     return rows
