@@ -65,7 +65,8 @@ BaseOpt = Annotated[str | None, typer.Option("--base", help=f"Base SSL method: {
 AffineOpt = Annotated[bool | None, typer.Option("--affine/--no-affine", help="Add the affine module (default on).")]
 ComponentsOpt = Annotated[str | None, typer.Option(help=f"Comma list of affine components: {','.join(COMPONENTS)}.")]
 DatasetOpt = Annotated[str | None, typer.Option(help="digits | cifar10 | cifar100 | stl10 | svhn | mnist | "
-                                                     "fashion-mnist | PATH to an image folder.")]  # fmt: skip
+                                                     "fashion-mnist | caltech101 | PATH to an image folder (Tiny "
+                                                     "ImageNet's layout too).")]  # fmt: skip
 BackboneOpt = Annotated[str | None, typer.Option(help="resnet18 | resnet50.")]
 EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs.")]
 BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
@@ -324,6 +325,11 @@ SubsetsOpt = Annotated[str | None, typer.Option(help="together: all listed compo
 StatUnitOpt = Annotated[str, typer.Option(help="seed: one sample per run; trial: one per linear-probe trial (paper "
                                                "§2.4); auto: trial for one seed.")]  # fmt: skip
 CurveOpt = Annotated[bool, typer.Option(help="Also probe each periodic checkpoint: accuracy vs epoch and vs time.")]
+CurvePointsOpt = Annotated[int | None, typer.Option(min=1, help="Implies --curve: a checkpoint every max(1, "
+                                                    "epochs // N) epochs, so ≥ min(N, epochs) points.")]  # fmt: skip
+FloorOpt = Annotated[bool, typer.Option(help="Per base: score the untrained encoder (BatchNorm settled).")]
+MatchTimeOpt = Annotated[bool, typer.Option(help="Per base and seed: the base trained for the + affine run's "
+                                                 "measured time (epochs × t_affine / t_base).")]  # fmt: skip
 AblateOutOpt = Annotated[Path | None, typer.Option("--out", help="Folder (default ablations/<preset or custom>).")]
 EvalDatasetsOpt = Annotated[str | None, typer.Option(help="Comma list of data sets to probe (default: the "
                                                           "pretraining one).")]  # fmt: skip
@@ -350,11 +356,9 @@ def ablate(
     eval_max_iter: Annotated[int | None, typer.Option(min=1, help="L-BFGS iterations per linear-probe fit.")] = None,
     eval_batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass when probing.")] = 256,
     curve: CurveOpt = False,
-    curve_points: Annotated[int | None, typer.Option(min=1, help="With --curve implied: a checkpoint every "
-                                                     "max(1, epochs // N) epochs, so ≥ min(N, epochs) points.")] = None,
-    floor: Annotated[bool, typer.Option(help="Per base: score the untrained encoder (BatchNorm settled).")] = True,
-    match_time: Annotated[bool, typer.Option(help="Per base and seed: the base trained for the + affine run's "
-                                                   "measured time (epochs × t_affine / t_base).")] = False,
+    curve_points: CurvePointsOpt = None,
+    floor: FloorOpt = True,
+    match_time: MatchTimeOpt = False,
     stat_unit: StatUnitOpt = "auto",
     dataset: DatasetOpt = None,
     backbone: BackboneOpt = None,
