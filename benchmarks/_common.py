@@ -20,7 +20,17 @@ from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
 from affssl.spec import DataSpec, RunSpec, load_spec
 
-__all__ = ["EngineStep", "images", "machine", "peak_memory", "resolve_device", "run_spec", "seconds", "step_args"]
+__all__ = [
+    "EngineStep",
+    "images",
+    "machine",
+    "peak_memory",
+    "resolve_device",
+    "run_spec",
+    "seconds",
+    "step_args",
+    "sync",
+]
 
 
 def machine(device: torch.device) -> str:
@@ -37,7 +47,7 @@ def machine(device: torch.device) -> str:
 
 def step_args(p: argparse.ArgumentParser) -> None:
     """The options throughput.py and peer_pipeline.py share: model, device and timing."""
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet50"])
+    p.add_argument("--backbone", default="resnet18", help="any name --backbone takes")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--device", default="auto")

@@ -119,7 +119,9 @@ def test_new_bases_plan_with_their_own_affine_weight():
 
 
 def test_ablate_cli_dry_run_accepts_the_new_bases():
-    result = runner.invoke(app, ["ablate", "--base", "vicreg,mocov3,simsiam", "--components", "scale", "--dry-run"])
+    result = runner.invoke(
+        app, ["ablate", "--base", "vicreg,mocov3,simsiam", "--components", "scale", "--dry-run", "--no-floor"]
+    )
     assert result.exit_code == 0, result.output
     for base in ("vicreg", "mocov3", "simsiam"):
         assert f"{base}/base" in result.output and f"{base}/affine-scale" in result.output

@@ -80,3 +80,17 @@ def test_losses_compute_in_fp32_under_autocast(loss):
     assert got.dtype == torch.float32
     assert torch.equal(got, loss(z1.bfloat16().float(), z2.bfloat16().float()))  # only the inputs were rounded
     assert torch.allclose(got, ref, rtol=0.05, atol=0.02)
+
+
+def test_features_follow_the_policy_and_cache_apart(tmp_path):
+    from affssl.backbones import build_backbone
+    from affssl.eval.features import extract
+    from affssl.spec import BackboneSpec
+
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneSpec(width=8, cifar_stem=True), 16)
+    x = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    fp32 = extract(backbone, x, 4, CPU, precision_name="fp32")
+    bf16 = extract(backbone, x, 4, CPU, precision_name="bf16")
+    assert fp32.dtype == bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
+    assert torch.allclose(fp32, bf16, rtol=0.05, atol=0.05 * fp32.abs().max().item())
