@@ -154,7 +154,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                     loss, parts = step_fn(x, g_views, g_affine)
                 guard.observe(step, parts)
                 save_now = every is not None and (step + 1) % every == 0 and i + 1 < steps_per_epoch
-                if (i + 1) % sync_every == 0 or i + 1 == steps_per_epoch or save_now or (world == 1 and stop.signum):
+                if (i + 1) % sync_every == 0 or i + 1 == steps_per_epoch or save_now:
                     signum = agree(guard, stop, optimizer.param_groups[0]["lr"])  # raises Diverged
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -174,6 +174,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                         runs.append_metrics(run, {"kind": "step", **record})
                     progress.update(task, status=f"loss {record['loss']:.4f}  {record['img_per_s']:.0f} img/s")
                 progress.advance(task)
+                if world == 1 and stop.signum:  # one process: stop after this very step
+                    signum = agree(guard, stop, optimizer.param_groups[0]["lr"])
                 if (signum or save_now) and i + 1 < steps_per_epoch:
                     summary = {"epoch": epoch, "step": step + 1, "epoch_step": i + 1}
                     save_position(last, learner, optimizer, spec, summary, (g_views, g_affine), sums)
