@@ -77,9 +77,9 @@ def test_nonfinite_loss_stops_at_that_step_and_keeps_the_last_finite_checkpoint(
 def test_max_loss_stops_adam_at_lr_1e4(tmp_path):
     # Adam at lr 1e4 keeps the loss finite (~1e18 after 2 epochs) on this model: train.max_loss catches it.
     out = tmp_path / "run"
+    sets = [a for o in [*TINY[:3], "train.log_every=1", "train.max_loss=1e3"] for a in ("--set", o)]
     result = CliRunner().invoke(app, ["pretrain", "--no-progress", "--out", str(out), "--epochs", "2", "--limit",
-                                      "512", "--set", "optim.lr=1e4", "--set", "train.max_loss=1e3", "--set", "train.log_every=1",
-                                      *[a for o in TINY[:3] for a in ("--set", o)]])  # fmt: skip
+                                      "512", "--set", "optim.lr=1e4", *sets])  # fmt: skip
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "passed train.max_loss 1000" in lines[0], result.output
