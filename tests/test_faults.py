@@ -216,3 +216,51 @@ def test_step_checkpoints_survive_sigkill_and_resume_exactly(tmp_path, reference
     assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
     assert_same_tensors(reference / runs.LAST, run / runs.LAST)
     assert step_lines(run) == step_lines(reference)  # lines past the checkpoint were dropped, then replayed
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes (torchrun, gloo): a signal to one rank stops both at the same step
+
+
+def torchrun(run: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "affssl",
+           "pretrain", "--no-progress", "--out", str(run), *args]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def worker_of_rank(agent: int, rank: int) -> int:
+    """The pid of torchrun's worker with RANK=rank (a child of the agent process)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            child = proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == agent
+            if child and f"RANK={rank}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no worker of rank {rank} under process {agent}")
+
+
+@pytest.mark.slow
+def test_torchrun_signal_to_one_rank_stops_all_then_resume_is_bit_identical(tmp_path):
+    sets = [a for o in ["backbone.width=4", "data.image_size_px=8", "train.batch_size=32", "data.limit=256",
+                        "train.epochs=2", "train.log_every=1"] for a in ("--set", o)]  # fmt: skip
+    full = torchrun(tmp_path / "full", *sets)
+    assert full.wait(timeout=300) == 0, full.stderr.read()
+
+    run = tmp_path / "run"
+    proc = torchrun(run, *sets)
+    wait_for(proc, lambda: any(k == "step" for k, _ in step_lines(run)), timeout_s=300)
+    os.kill(worker_of_rank(proc.pid, 1), signal.SIGTERM)
+    assert proc.wait(timeout=300) != 0
+    assert "stopped by SIGTERM" in proc.stderr.read()
+    meta = header(run / runs.LAST)
+    stopped_at = int(meta["step"])
+    assert max(s for _, s in step_lines(run)) == stopped_at  # rank 0 stopped at rank 1's step
+    if int(meta.get("epoch_step", 0)):
+        assert load_file(run / runs.LAST)["position.views"].shape[0] == 2  # both ranks' generators
+
+    resumed = torchrun(run, "--resume", *sets)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert_same_tensors(tmp_path / "full" / runs.LAST, run / runs.LAST)
+    assert step_lines(run) == step_lines(tmp_path / "full")
