@@ -214,8 +214,8 @@ def check_finite(learner: Learner, optimizer: torch.optim.Optimizer, step: int) 
     bad = (~torch.stack([torch.isfinite(t).all() for t in tensors]).all()).float()
     if distributed.maximum(bad).item():
         lr = optimizer.param_groups[0]["lr"]
-        raise faults.Diverged(f"the weights are not finite after step {step}; the checkpoint on disk is the last "
-                              f"finite state; lower optim.lr (now {lr:g}) and start a new run")  # fmt: skip
+        raise faults.Diverged(f"the weights are not finite after step {step}; nothing after the last finite step "
+                              f"was saved; lower optim.lr (now {lr:g}) and start a new run")  # fmt: skip
 
 
 def save_position(path: Path, learner: Learner, optimizer: torch.optim.Optimizer, spec: RunSpec, summary: dict,

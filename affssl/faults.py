@@ -103,13 +103,13 @@ class DivergenceGuard:
         """The one line for the first bad step seen here (another process may have seen it instead)."""
         fix = f"lower optim.lr (now {lr:g}) and start a new run"
         if self.values is None or int(self.step) < 0:
-            return Diverged(f"the loss diverged in another process; the checkpoint on disk is the last finite "
-                            f"state; {fix}")  # fmt: skip
+            return Diverged(f"the loss diverged in another process; nothing after the last finite step was "
+                            f"saved; {fix}")  # fmt: skip
         terms = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.names, self.values.tolist(), strict=True))
         loss = float(self.values[self.names.index("loss")])
         what = "is not finite" if not math.isfinite(loss) else f"passed train.max_loss {self.max_loss:g}"
-        return Diverged(f"the loss {what} at step {int(self.step) + 1} ({terms}); the checkpoint on disk is the "
-                        f"last finite state; {fix}")  # fmt: skip
+        return Diverged(f"the loss {what} at step {int(self.step) + 1} ({terms}); nothing after the last finite "
+                        f"step was saved; {fix}")  # fmt: skip
 
 
 def preempted(signum: int, run: Path, step: int, epoch: int) -> Preempted:
