@@ -49,7 +49,7 @@ def friendly(command):
             if _debug["on"]:
                 raise
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(e, "exit_code", 2)) from None
 
     return wrapper
 

@@ -286,6 +286,12 @@ class TrainSpec(_Spec):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(10, ge=1, description="also keep epoch-NNNN.safetensors every N epochs")
     log_every: int = Field(10, ge=1, description="steps between metric lines (each one syncs the device)")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also write RUN/last.safetensors every N steps inside an epoch (resumable exactly)"
+    )
+    max_loss: float | None = Field(
+        None, gt=0, description="stop the run when the loss passes this (a non-finite loss always stops it)"
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32"
     )
