@@ -290,7 +290,10 @@ class TrainSpec(_Spec):
         None, ge=1, description="also write RUN/last.safetensors every N steps inside an epoch (resumable exactly)"
     )
     max_loss: float | None = Field(
-        None, gt=0, description="stop the run when the loss passes this (a non-finite loss always stops it)"
+        1e6,
+        gt=0,
+        description="stop the run when the loss passes this (a non-finite loss always stops it); the bases' losses "
+        "stay below ~1e4 and the affine MSE near 1, so 1e6 only catches a run that has diverged; None: off",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32"

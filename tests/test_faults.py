@@ -91,6 +91,16 @@ def test_max_loss_stops_adam_at_lr_1e4(tmp_path):
         assert all(torch.isfinite(t).all() for t in load_file(out / runs.LAST).values() if t.is_floating_point())
 
 
+def test_default_max_loss_stops_the_reported_lr_1e4_run(tmp_path):
+    # The report: `affssl pretrain --set optim.lr=1e4 --epochs 2 --limit 512` said "done" at loss 1.8e19.
+    out = tmp_path / "run"
+    sets = [a for o in TINY[:3] for a in ("--set", o)]
+    result = CliRunner().invoke(app, ["pretrain", "--no-progress", "--out", str(out), "--epochs", "2", "--limit",
+                                      "512", "--set", "optim.lr=1e4", *sets])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "passed train.max_loss 1e+06" in result.output and "optim.lr" in result.output, result.output
+
+
 def test_guard_makes_a_fused_optimizer_skip_the_bad_step():
     # On CUDA the flag is read only at log steps; in between a fused optimizer must not move.
     w = torch.nn.Parameter(torch.ones(3))
