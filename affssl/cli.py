@@ -382,7 +382,7 @@ def ablate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from affssl import ablate as ab
-    from affssl.ablate_summary import rich_table
+    from affssl.ablate.summary import rich_table
 
     explicit = flag_overrides(None, None, None, dataset, backbone, epochs, batch_size, limit, None, device)
     explicit += list(set_ or [])

@@ -1,39 +1,34 @@
 """Run specs: strict, frozen pydantic models, TOML files and dotted `--set a.b=c` overrides.
 
-Every default lives here, once. Nothing below the CLI handles a raw dict: the CLI turns a TOML
-file plus overrides into a validated `RunSpec`, and each module receives the sub-spec it needs.
+Every default lives here, once, or in the two spec modules whose names this one re-exports:
+affssl.backbone_spec (the encoder) and affssl.method_specs (the base methods, their default λ).
+Nothing below the CLI handles a raw dict: the CLI turns a TOML file plus overrides into a validated
+`RunSpec`, and each module receives the sub-spec it needs.
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
-from difflib import get_close_matches
-from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from affssl.backbone_spec import LIST_BACKBONES as LIST_BACKBONES
+from affssl.backbone_spec import STEM_FAMILY, WIDTH_RESNETS, BackboneSpec
+from affssl.backbone_spec import classification_models as classification_models
 from affssl.errors import UserError
+from affssl.method_specs import DEFAULT_AFFINE_WEIGHT, METHOD_SPECS, MethodSpec, SimCLRSpec
+from affssl.method_specs import BarlowSpec as BarlowSpec
+from affssl.method_specs import BYOLSpec as BYOLSpec
+from affssl.method_specs import MoCoV3Spec as MoCoV3Spec
+from affssl.method_specs import SimSiamSpec as SimSiamSpec
+from affssl.method_specs import VICRegSpec as VICRegSpec
+from affssl.spec_base import FrozenSpec as _Spec
 
 COMPONENTS: tuple[str, ...] = ("rotation", "translation", "scale", "shear")
-# Paper §1.6: λ = 1 for SimCLR and BYOL, 10 for Barlow Twins (the run reported as BT + Affine).
-# The other bases keep that balance: λ from the base loss's scale at init relative to the affine MSE
-# (≈ 0.45 at init). Measured on digits (preset default, batch 128, mean of 3 seeds), base loss ÷
-# affine MSE and the ratio of their gradient norms on the backbone: SimCLR 12 / 1.2, BYOL 8.6 / 1.5,
-# MoCo v3 9.3 / 1.4 → λ = 1; Barlow 274 / 233 (λ = 10 in the paper); VICReg 53 / 6.6 → λ = 5 brings
-# both back to SimCLR's and BYOL's (11 / 1.3). SimSiam's loss is BYOL's ÷ 4 up to a constant
-# (−(cos₁ + cos₂)/2 vs 4 − 2(cos₁ + cos₂)), ≈ 0 at init with gradients ¼ of BYOL's (ratio 0.21) → λ = 0.25.
-DEFAULT_AFFINE_WEIGHT: dict[str, float] = {
-    "simclr": 1.0,
-    "byol": 1.0,
-    "barlow": 10.0,
-    "vicreg": 5.0,
-    "mocov3": 1.0,
-    "simsiam": 0.25,
-}
 # Square size used when data.image_size_px is not given (digits are 8×8, upscaled for the CNN).
 NATIVE_SIZE_PX = {
     "digits": 16,
@@ -49,10 +44,6 @@ PRESETS: tuple[str, ...] = ("default", "paper", "cifar10-cpu")
 
 class SpecError(UserError):
     """A spec that cannot be loaded or validated; the message names the field and the fix."""
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 Range = tuple[float, float]
@@ -141,133 +132,6 @@ class AffineSpec(_Spec):
         if not 0 < v[0] <= v[1]:
             raise ValueError(f"needs 0 < low <= high, got {list(v)}")
         return v
-
-
-# affssl's own ResNets (torchvision's blocks and key names) take a width; every other name is built by
-# torchvision.models.get_model. The CIFAR stem applies to the models of torchvision's ResNet class.
-WIDTH_RESNETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-STEM_FAMILY: tuple[str, ...] = ("resnet", "resnext", "wide_resnet")  # name prefixes
-LIST_BACKBONES = 'python -c "import torchvision.models as m; print(m.list_models(module=m))"'
-
-
-@cache
-def classification_models() -> tuple[str, ...]:
-    """torchvision's classification model names (imported on first use: torchvision takes seconds)."""
-    import torchvision
-
-    return tuple(torchvision.models.list_models(module=torchvision.models))
-
-
-class BackboneSpec(_Spec):
-    """The encoder: a torchvision classification model by name, its final classification Linear removed.
-
-    `width` applies to resnet18/34/50/101/152 (affssl's own ResNet); `cifar_stem` to the ResNet family
-    (resnet*, resnext*, wide_resnet*: the models of torchvision's ResNet class). Other models take
-    neither; ViT and MaxViT are built for data.image_size_px.
-    """
-
-    name: str = Field("resnet18", description="a torchvision classification model: resnet18, convnext_tiny, vit_b_16…")
-    width: int = Field(
-        64, ge=4, description="channels of the first stage (resnet18/34/50/101/152); 64 is torchvision's"
-    )
-    cifar_stem: bool | None = Field(
-        None, description="3×3 stride-1 conv1, no max-pool (ResNet family only); None → image ≤ 64 px for those"
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v in WIDTH_RESNETS or v in classification_models():  # the common names skip importing torchvision
-            return v
-        close = get_close_matches(v, classification_models(), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(
-            f"unknown backbone {v!r}; {hint}list torchvision's classification models with: {LIST_BACKBONES}"
-        )
-
-    @model_validator(mode="after")
-    def _applies(self) -> BackboneSpec:
-        if self.width != 64 and self.name not in WIDTH_RESNETS:
-            resnets = "resnet" + "/".join(n.removeprefix("resnet") for n in WIDTH_RESNETS)  # resnet18/34/…
-            raise ValueError(f"width {self.width} applies to {resnets} only; drop backbone.width for {self.name}")
-        if self.cifar_stem and not self.name.startswith(STEM_FAMILY):
-            raise ValueError(f"the CIFAR stem applies to the ResNet family only; set cifar_stem=false for {self.name}")
-        return self
-
-
-class SimCLRSpec(_Spec):
-    name: Literal["simclr"] = "simclr"
-    proj_hidden: int = Field(512, ge=1)
-    proj_out: int = Field(128, ge=1)
-    temperature: float = Field(0.5, gt=0)
-
-
-class BYOLSpec(_Spec):
-    name: Literal["byol"] = "byol"
-    proj_hidden: int = Field(512, ge=1)
-    proj_out: int = Field(128, ge=1)
-    pred_hidden: int = Field(512, ge=1)
-    tau_base: float = Field(0.996, ge=0, le=1, description="EMA τ, cosine-ramped to 1")
-
-
-class BarlowSpec(_Spec):
-    name: Literal["barlow"] = "barlow"
-    proj_hidden: int = Field(512, ge=1)
-    proj_out: int = Field(128, ge=1)
-    lambda_offdiag: float = Field(5e-3, ge=0)
-    l2_normalize: bool = Field(True, description="the paper L2-normalises projections first")
-
-
-class VICRegSpec(_Spec):
-    """VICReg (Bardes et al. 2022). Published: expander 8192-8192-8192 on ResNet-50's 2048-d features
-    (ImageNet) and 2048-2048-2048 on ResNet-18's 512-d ones (CIFAR, solo-learn), λ = μ = 25, ν = 1.
-    Here 512-512-512: no wider than the other bases' heads, and not narrower than ResNet-18's features,
-    as VICReg's expander ablation loses accuracy quickly below the representation's width."""
-
-    name: Literal["vicreg"] = "vicreg"
-    proj_hidden: int = Field(512, ge=1, description="expander hidden width, 2 hidden layers (paper: 8192; CIFAR: 2048)")
-    proj_out: int = Field(512, ge=1, description="expander output (paper: 8192; CIFAR: 2048)")
-    invariance_weight: float = Field(25.0, ge=0, description="λ on the views' MSE (paper: 25)")
-    variance_weight: float = Field(25.0, ge=0, description="μ on the std hinge (paper: 25)")
-    covariance_weight: float = Field(1.0, ge=0, description="ν on the off-diagonal covariance (paper: 1)")
-
-
-class MoCoV3Spec(_Spec):
-    """MoCo v3 (Chen et al. 2021), ResNet variant. Published: projector 2-layer 4096 → 256 and predictor
-    256 → 4096 → 256, τ = 0.2 (CIFAR, solo-learn; ImageNet ResNet-50 runs use 1.0), m 0.99 cosine-ramped
-    to 1. The heads scaled as this project scales BYOL's identical 4096/256 heads: 512/128."""
-
-    name: Literal["mocov3"] = "mocov3"
-    proj_hidden: int = Field(512, ge=1, description="projector hidden width (paper: 4096)")
-    proj_out: int = Field(128, ge=1, description="projector and predictor output (paper: 256)")
-    pred_hidden: int = Field(512, ge=1, description="predictor hidden width (paper: 4096)")
-    temperature: float = Field(0.2, gt=0, description="τ of the InfoNCE loss (CIFAR: 0.2)")
-    momentum_base: float = Field(0.99, ge=0, le=1, description="momentum-encoder EMA m, cosine-ramped to 1 (0.99)")
-
-
-class SimSiamSpec(_Spec):
-    """SimSiam (Chen & He 2021). Published (ImageNet, ResNet-50): 3-layer projector 2048-2048-2048 with
-    an affine-free output BN, predictor bottleneck 2048 → 512 → 2048; its CIFAR runs keep the 2048-d
-    output. Scaled by ¼ like this project's other heads (2048 → 512): projector 512-512-512,
-    predictor 512 → 128 → 512 (the bottleneck ratio 4 kept)."""
-
-    name: Literal["simsiam"] = "simsiam"
-    proj_hidden: int = Field(512, ge=1, description="projector hidden width, 2 hidden layers (paper: 2048)")
-    proj_out: int = Field(512, ge=1, description="projector and predictor output (paper: 2048)")
-    pred_hidden: int = Field(128, ge=1, description="predictor bottleneck (paper: 512 = output/4)")
-
-
-MethodSpec = Annotated[
-    SimCLRSpec | BYOLSpec | BarlowSpec | VICRegSpec | MoCoV3Spec | SimSiamSpec, Field(discriminator="name")
-]
-METHOD_SPECS: dict[str, type[_Spec]] = {
-    "simclr": SimCLRSpec,
-    "byol": BYOLSpec,
-    "barlow": BarlowSpec,
-    "vicreg": VICRegSpec,
-    "mocov3": MoCoV3Spec,
-    "simsiam": SimSiamSpec,
-}
 
 
 class OptimSpec(_Spec):

@@ -244,7 +244,7 @@ def fakes(monkeypatch):
         f = Fakes(interrupt_after)
         monkeypatch.setattr(engine, "pretrain", f.pretrain)
         monkeypatch.setattr(affssl.eval, "evaluate_linear", f.evaluate_linear)
-        monkeypatch.setattr("affssl.ablate_run.load_dataset", lambda spec, seed=0: None)
+        monkeypatch.setattr("affssl.ablate.runner.load_dataset", lambda spec, seed=0: None)
         return f
 
     return install

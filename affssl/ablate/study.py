@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from affssl import checkpoint, runs
-from affssl.ablate import PlannedRun
+from affssl.ablate.planning import PlannedRun
 from affssl.checkpoint import CheckpointError
 from affssl.floor import FLOOR_EPOCH
 from affssl.spec import RunSpec, build_spec

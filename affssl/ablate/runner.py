@@ -8,7 +8,7 @@ calling it again):
     otherwise                                → done, skipped
 A folder whose spec.json differs from the planned spec is an error: it belongs to another ablation.
 A floor's "training" writes its epoch-0 checkpoint (affssl.floor); an equal-time run gets its epochs
-from its base and + affine runs when they are finished (affssl.ablate_study), just before it starts.
+from its base and + affine runs when they are finished (affssl.ablate.study), just before it starts.
 Periodic checkpoints (epoch-NNNN.safetensors) are probed with `--curve`; each is hard-linked into
 RUN/curve/epoch-NNNN/ so that its eval record lands in its own folder, not over the final one.
 """
@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Literal
 
 import affssl.eval as evaluation
-from affssl import ablate_study, checkpoint, engine, floor, runs
-from affssl.ablate import EvalSettings, PlannedRun
+from affssl import checkpoint, engine, floor, runs
+from affssl.ablate import study
+from affssl.ablate.planning import EvalSettings, PlannedRun
 from affssl.checkpoint import CheckpointError
 from affssl.data import Dataset, load_dataset
 from affssl.errors import UserError
@@ -61,10 +62,10 @@ def execute(planned: list[PlannedRun], out: Path, ev: EvalSettings, report: Repo
         t0 = time.perf_counter()
         folder = out / run.folder
         if run.variant.kind == "equal-time":
-            m = ablate_study.match(run, planned, out)
+            m = study.match(run, planned, out)
             if m is None:
                 raise UserError(f"{run.folder}: its base and + affine runs are not finished; run the ablation again")
-            run = ablate_study.matched(run, m, ev.curve_points)
+            run = study.matched(run, m, ev.curve_points)
         state = run_state(run, folder, ev)
         if state == "done":
             report(Event(i, len(planned), run, "skip"))
@@ -73,7 +74,7 @@ def execute(planned: list[PlannedRun], out: Path, ev: EvalSettings, report: Repo
             report(Event(i, len(planned), run, state))
             train(run, folder, resume=state == "resume", data=_data(run.spec, cache))
         if run.variant.kind == "equal-time":
-            ablate_study.write_match(folder, m)  # after train(): a fresh start empties the folder
+            study.write_match(folder, m)  # after train(): a fresh start empties the folder
         report(Event(i, len(planned), run, "evaluate"))
         evaluate(run, folder, ev)
         if ev.curve:
@@ -129,7 +130,7 @@ def evaluate(run: PlannedRun, folder: Path, ev: EvalSettings) -> None:
     for protocol in ev.protocols:
         for dataset in ev.datasets:
             path = eval_path(folder, protocol, dataset, run.spec)
-            if not current(read_record(path), ablate_study.target_epoch(run), ev, protocol):
+            if not current(read_record(path), study.target_epoch(run), ev, protocol):
                 probe(protocol, folder / runs.LAST, dataset, ev, run.spec.train.device, expect=path)
 
 
@@ -209,7 +210,7 @@ def current(record: dict | None, epoch: int, ev: EvalSettings, protocol: str) ->
 
 
 def pending(run: PlannedRun, folder: Path, ev: EvalSettings) -> bool:
-    epochs = ablate_study.target_epoch(run)
+    epochs = study.target_epoch(run)
     for protocol in ev.protocols:
         for dataset in ev.datasets:
             if not current(read_record(eval_path(folder, protocol, dataset, run.spec)), epochs, ev, protocol):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from affssl.ablate_results import ComponentEffect, Row, VariantStats, unit_label
+from affssl.ablate.results import ComponentEffect, Row, VariantStats, unit_label
 from affssl.stats import ci_half_width, mean
 
 DPI = 120

@@ -1,4 +1,4 @@
-"""An ablation's summary: summary.md and the terminal's rich tables, from ablate_results' statistics.
+"""An ablation's summary: summary.md and the terminal's rich tables, from ablate.results' statistics.
 
 Per metric, one row per variant: mean ± 95 % CI, the gain over the base with Welch's p and its
 Holm-adjusted value, with --match-time the reference's gain over the equal-time base (Holm p), the
@@ -14,8 +14,8 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from affssl.ablate import Ablation, PlannedRun
-from affssl.ablate_results import Row, Unit, VariantStats, component_r2, unit_label
+from affssl.ablate.planning import Ablation, PlannedRun
+from affssl.ablate.results import Row, Unit, VariantStats, component_r2, unit_label
 from affssl.stats import Comparison, fmt, fmt_p
 
 BASE_COLUMNS = ("variant", "n", "mean ± 95 % CI", "Δ vs base (rel.)", "p vs base", "Holm p vs base")

@@ -1,24 +1,19 @@
-"""`affssl ablate`: the paper's ablations (§3) as a plan of ordinary runs, executed restartably.
+"""An ablation's plan: presets, variants and the (variant, seed) runs, each with its validated spec.
 
 An ablation is base methods × variants × seeds. A variant is a list of dotted overrides on the base
 spec: the baseline turns the affine module off; every other variant picks a subset of the listed
 components and one value per extra axis (aggregation, views, fill, weight, location). Each
 (variant, seed) is an ordinary run folder OUT/<variant>/seed-<s>/ (design.md, run directory
-contract). A run is finished when its last checkpoint reached spec.train.epochs and its eval
-records are current; a finished run is never repeated, an interrupted one resumes from its last
-checkpoint (or restarts when it has none), so a killed ablation is completed by calling it again.
+contract), listed with its spec in OUT/ablate.json before any run starts.
 
-Two extra kinds of variant per base (affssl.ablate_study): the floor (`--floor`, "<base>/floor": the
-untrained encoder of the base's spec and seed, BatchNorm settled, affssl.floor) and the equal-time
-baseline (`--match-time`, "<base>/base-equal-time": the base trained for as many epochs as fit in the
-reference + affine run's training time, measured on the same machine).
+Two extra kinds of variant per base (affssl.ablate.study): the floor (`--floor`, "<base>/floor") and
+the equal-time baseline (`--match-time`, "<base>/base-equal-time").
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -226,7 +221,7 @@ def plan(ablation: Ablation, build: SpecBuilder) -> list[PlannedRun]:
     """Every (variant, seed), seeds outermost so an interrupted ablation has whole seeds done first.
 
     Every spec is built (and so validated) here, before any run starts; an equal-time run's epochs are
-    set later from measured times (affssl.ablate_study.resolve). With `curve_points` N, every run keeps
+    set later from measured times (affssl.ablate.study.resolve). With `curve_points` N, every run keeps
     a checkpoint every max(1, epochs // N) epochs, so its curve has ≥ min(N, epochs) points.
     """
 
@@ -267,60 +262,3 @@ def write_plan(out: Path, ablation: Ablation, planned: list[PlannedRun]) -> Path
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# The command's one library call: plan file → runs → results.csv, summary.md, plots
-
-
-@dataclass(frozen=True)
-class Outputs:
-    results: Path
-    summary: Path
-    plots: tuple[Path, ...]
-    unit: str  # "seed" | "trial": what one sample of the statistics is
-    tables: dict[str, list]  # metric → list[ablate_results.VariantStats], in plan order
-    finished: int
-    planned: int
-
-
-def run(ablation: Ablation, planned: list[PlannedRun], out: Path, unit: str = "auto", report=None) -> Outputs:
-    """Write OUT/ablate.json, bring every run to done (skipping finished ones), then write the outputs."""
-    from affssl.ablate_run import execute
-
-    if unit not in ("auto", "seed", "trial"):
-        raise UserError(f"--stat-unit {unit!r}: choose auto, seed or trial")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("ablate runs its runs one after another in one process; start it without torchrun")
-    write_plan(out, ablation, planned)
-    execute(planned, out, ablation.eval, report or (lambda event: None))
-    return write_outputs(ablation, planned, out, unit)
-
-
-def write_outputs(ablation: Ablation, planned: list[PlannedRun], out: Path, unit: str = "auto") -> Outputs:
-    """results.csv, summary.md and the PNG plots from whatever runs in OUT are finished."""
-    from affssl import ablate_results as results
-    from affssl import plots
-    from affssl.ablate_study import resolve
-    from affssl.ablate_summary import write_summary
-
-    if unit not in ("auto", "seed", "trial"):
-        raise UserError(f"--stat-unit {unit!r}: choose auto, seed or trial")
-    trials = len(ablation.seeds) == 1 and "linear" in ablation.eval.protocols  # the paper's n: probe trials
-    chosen = ("trial" if trials else "seed") if unit == "auto" else unit
-    planned = resolve(planned, out, ablation.eval.curve_points)  # equal-time runs: their measured epochs
-    rows = results.collect(planned, out, ablation.eval)
-    metrics = results.metric_names(rows)
-    tables = {m: results.variant_stats(planned, rows, m, chosen) for m in metrics}  # type: ignore[arg-type]
-    csv_path = results.write_csv(rows, out / "results.csv")
-    summary = write_summary(out / "summary.md", ablation, tables, chosen, len(rows), len(planned), rows, planned)  # type: ignore[arg-type]
-    pictures = [plots.plot_variants(m, tables[m], out / f"variants-{m}.png") for m in metrics if tables[m]]
-    if metrics and tables[metrics[0]]:
-        pictures.append(plots.plot_cost(metrics[0], tables[metrics[0]], out / "cost.png"))
-        linear = next((m for m in metrics if m.startswith("linear-")), None)
-        if ablation.eval.curve and linear and (curve := plots.plot_curves(linear, rows, out / "curve.png")):
-            pictures.append(curve)
-    for stem in (m.removesuffix("-r2") for m in metrics if m.startswith("affine-") and m.endswith("-r2")):
-        if picture := plots.plot_r2(stem, results.component_r2(planned, rows, stem), out / f"r2-{stem}.png"):
-            pictures.append(picture)
-    return Outputs(csv_path, summary, tuple(pictures), chosen, tables, len(rows), len(planned))

@@ -1,4 +1,4 @@
-"""An ablation's results: one row per finished run (results.csv), statistics per variant (ablate_summary).
+"""An ablation's results: one row per finished run (results.csv), statistics per variant (ablate.summary).
 
 Rows are read back from the run folders only (metrics.jsonl, eval records), so the tables can be
 rebuilt at any time. Metric names join protocol and data set: `linear-cifar10` (top-1 %, the mean
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 from affssl import runs
-from affssl.ablate import EvalSettings, PlannedRun, Variant
-from affssl.ablate_run import curve_checkpoint, curve_epochs, eval_path, read_record
-from affssl.ablate_study import MATCH
+from affssl.ablate.planning import EvalSettings, PlannedRun, Variant
+from affssl.ablate.runner import curve_checkpoint, curve_epochs, eval_path, read_record
+from affssl.ablate.study import MATCH
 from affssl.stats import Comparison, Summary, compare, holm, summarize
 
 Unit = Literal["seed", "trial"]

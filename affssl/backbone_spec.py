@@ -1,0 +1,64 @@
+"""The encoder's spec: a torchvision classification model by name, checked against torchvision's list.
+
+affssl.spec re-exports every name here; affssl.backbones builds the model.
+"""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
+from functools import cache
+
+from pydantic import Field, field_validator, model_validator
+
+from affssl.spec_base import FrozenSpec
+
+# affssl's own ResNets (torchvision's blocks and key names) take a width; every other name is built by
+# torchvision.models.get_model. The CIFAR stem applies to the models of torchvision's ResNet class.
+WIDTH_RESNETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+STEM_FAMILY: tuple[str, ...] = ("resnet", "resnext", "wide_resnet")  # name prefixes
+LIST_BACKBONES = 'python -c "import torchvision.models as m; print(m.list_models(module=m))"'
+
+
+@cache
+def classification_models() -> tuple[str, ...]:
+    """torchvision's classification model names (imported on first use: torchvision takes seconds)."""
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+class BackboneSpec(FrozenSpec):
+    """The encoder: a torchvision classification model by name, its final classification Linear removed.
+
+    `width` applies to resnet18/34/50/101/152 (affssl's own ResNet); `cifar_stem` to the ResNet family
+    (resnet*, resnext*, wide_resnet*: the models of torchvision's ResNet class). Other models take
+    neither; ViT and MaxViT are built for data.image_size_px.
+    """
+
+    name: str = Field("resnet18", description="a torchvision classification model: resnet18, convnext_tiny, vit_b_16…")
+    width: int = Field(
+        64, ge=4, description="channels of the first stage (resnet18/34/50/101/152); 64 is torchvision's"
+    )
+    cifar_stem: bool | None = Field(
+        None, description="3×3 stride-1 conv1, no max-pool (ResNet family only); None → image ≤ 64 px for those"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v in WIDTH_RESNETS or v in classification_models():  # the common names skip importing torchvision
+            return v
+        close = get_close_matches(v, classification_models(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"unknown backbone {v!r}; {hint}list torchvision's classification models with: {LIST_BACKBONES}"
+        )
+
+    @model_validator(mode="after")
+    def _applies(self) -> BackboneSpec:
+        if self.width != 64 and self.name not in WIDTH_RESNETS:
+            resnets = "resnet" + "/".join(n.removeprefix("resnet") for n in WIDTH_RESNETS)  # resnet18/34/…
+            raise ValueError(f"width {self.width} applies to {resnets} only; drop backbone.width for {self.name}")
+        if self.cifar_stem and not self.name.startswith(STEM_FAMILY):
+            raise ValueError(f"the CIFAR stem applies to the ResNet family only; set cifar_stem=false for {self.name}")
+        return self

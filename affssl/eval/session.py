@@ -1,0 +1,147 @@
+"""One evaluation of one checkpoint: the steps every protocol shares.
+
+A `Session` opens the checkpoint or export, loads the data set at the backbone's input size, takes
+frozen features (cached per checkpoint hash and data, timed, with an optional progress bar on
+stderr) and writes the result record atomically to RUN/eval/<protocol>-<dataset>.json (next to an
+export: <stem>.eval/). `load_learner` rebuilds the whole trained model for the equivariance probe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from affssl.checkpoint import CheckpointError
+from affssl.eval.features import Source, cached_features, open_source, read_tensors, resolve_device
+from affssl.eval.splits import EvalData, load_eval_data
+from affssl.spec import AffineSpec
+
+EVAL_FORMAT = "affssl.eval/1"
+
+
+def load_learner(source: Source):
+    """The whole trained model (backbone, method, affine head), loaded strictly, in eval mode."""
+    from affssl.learner import Learner
+
+    learner = Learner(source.spec)
+    try:
+        learner.load_state_dict(read_tensors(source.path, "model"), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{source.path}: the stored model does not fit its spec ({str(err)[:200]}); "
+            "it was not written by this version of affssl"
+        ) from None
+    return learner.eval()
+
+
+class Session:
+    """Shared steps of every protocol: source, data, cached features, timings, the result record."""
+
+    def __init__(self, ckpt, dataset, seed, limit, device, batch_size, cache, progress, data, need_labels):
+        self.t0, self.timing, self.cache_state = time.perf_counter(), {}, {}
+        self.source = open_source(Path(ckpt))
+        self.device = resolve_device(device)
+        self.batch_size, self.use_cache, self.progress, self.seed, self.limit = batch_size, cache, progress, seed, limit
+        with self.timed("data"):
+            self.data: EvalData = load_eval_data(
+                self.source, dataset, seed=seed, limit=limit, need_labels=need_labels, data=data, progress=progress
+            )
+
+    def split(self, which: str):
+        return self.data.train if which == "train" else self.data.test
+
+    @contextmanager
+    def timed(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - t
+
+    def features(self, backbone, which: str, phi: Tensor | None = None, affine_spec: AffineSpec | None = None):
+        images = self.split(which).images
+        tag = f"{self.data.tag}-{which}-{self.data.image_size_px}px" + ("-warped" if phi is not None else "")
+        with self.timed("features"), _progress(self.progress, f"features {tag}", len(images)) as advance:
+            h, hit = cached_features(
+                self.source,
+                backbone,
+                images,
+                tag,
+                batch_size=self.batch_size,
+                device=self.device,
+                use_cache=self.use_cache,
+                phi=phi,
+                affine_spec=affine_spec,
+                advance=advance,
+            )
+        self.cache_state[tag] = "off" if not self.use_cache else ("hit" if hit else "miss")
+        return h
+
+    def finish(self, protocol: str, result: dict, seeds: list[int], **options) -> dict:
+        from affssl import __version__
+
+        src, data = self.source, self.data
+        own = src.spec.data.dataset if src.spec is not None else None
+        self.timing["total"] = time.perf_counter() - self.t0
+        record = {
+            "format": EVAL_FORMAT,
+            "protocol": protocol,
+            "checkpoint": {
+                "path": str(src.path.resolve()),
+                "sha256": src.sha256,
+                "format": src.format,
+                "epoch": src.header.get("epoch"),
+                "step": src.header.get("step"),
+            },
+            "backbone": {**json.loads(src.backbone.model_dump_json()), "image_size_px": src.image_size_px},
+            "dataset": {
+                "name": data.dataset,
+                "transfer": own is not None and data.dataset != own,
+                "n_train": len(data.train.images),
+                "n_test": len(data.test.images),
+                "classes": len(data.classes),
+                "test_carved": data.test_carved,
+                "limit": self.limit,
+            },
+            "seeds": seeds,
+            "result": result,
+            "options": {"batch_size": self.batch_size, "device": str(self.device), **options},
+            "cache": self.cache_state,
+            "timing_s": {k: round(v, 3) for k, v in self.timing.items()},
+            "spec": json.loads(src.spec.model_dump_json()) if src.spec is not None else None,
+            "affssl_version": __version__,
+            "torch_version": torch.__version__,
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        record["path"] = str(_write_json(src.eval_dir / f"{protocol}-{data.tag}.json", record))
+        return record
+
+
+@contextmanager
+def _progress(enabled: bool, description: str, total: int):
+    """An `advance(n)` callback drawing a transient bar on stderr, or a no-op."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _write_json(path: Path, record: dict) -> Path:
+    """Atomic: a temp file in the same folder, renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
