@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from affssl.errors import UserError
+from affssl.errors import UserError, write_failed
 
 TRAIN_FORMAT = "affssl.train/1"
 BACKBONE_FORMAT = "affssl.backbone/1"
@@ -28,20 +28,27 @@ class CheckpointError(UserError):
 
 
 def save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """Write tensors and string metadata atomically (temp file + os.replace in the same folder)."""
+    """Write tensors and string metadata atomically (temp file + os.replace in the same folder).
+
+    A failed write (full disk, read-only folder) removes the temp file, leaves the previous file at
+    `path` as it was, and raises a one-line UserError naming the path and the free space.
+    """
     from affssl import __version__
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"affssl_version": __version__, "torch_version": torch.__version__, **metadata}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         save_file(tensors, tmp, metadata=header)
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        raise write_failed(path, err) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

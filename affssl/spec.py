@@ -211,6 +211,24 @@ class RunSpec(_Spec):
         return self
 
 
+# Fields `pretrain --resume` may change: how long, where and how often a run trains, logs and saves,
+# and where its data cache lives; never what it learns from or how. Other fields may be repeated.
+_RESUMABLE_TRAIN = ("epochs", "device", "log_every", "checkpoint_every", "checkpoint_every_steps", "max_loss")
+RESUMABLE: tuple[str, ...] = (
+    *(f"train.{n}" for n in _RESUMABLE_TRAIN if n in TrainSpec.model_fields),
+    "data.root",
+    "data.cache",
+)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested spec tree as {dotted field: leaf value}."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        flat |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return flat
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading: TOML (a path or a bundled preset) + dotted overrides → validated RunSpec
 
