@@ -42,8 +42,12 @@ def files(run):
     [
         (["--base", "byol"], "method.name", "simclr", "byol"),
         (["--no-affine"], "affine.enabled", True, False),
-        (["--components", "scale,shear"], "affine.components", ["rotation", "translation", "scale", "shear"],
-         ["scale", "shear"]),  # fmt: skip
+        (
+            ["--components", "scale,shear"],
+            "affine.components",
+            ["rotation", "translation", "scale", "shear"],
+            ["scale", "shear"],
+        ),
         (["--dataset", "cifar10"], "data.dataset", "digits", "cifar10"),
         (["--backbone", "resnet50"], "backbone.name", "resnet18", "resnet50"),
         (["--batch-size", "64"], "train.batch_size", 32, 64),
@@ -81,16 +85,34 @@ def test_contradicting_flag_is_refused_naming_both_values(run_dir, args, field, 
         # repeating the stored value is fine, for every shortcut flag
         (["--base", "simclr"], "method.name", "simclr"),
         (["--affine"], "affine.enabled", True),
-        (["--components", "shear,scale,translation,rotation"], "affine.components",
-         ["rotation", "translation", "scale", "shear"]),  # fmt: skip
+        (
+            ["--components", "shear,scale,translation,rotation"],
+            "affine.components",
+            ["rotation", "translation", "scale", "shear"],
+        ),
         (["--dataset", "digits"], "data.dataset", "digits"),
         (["--backbone", "resnet18"], "backbone.name", "resnet18"),
         (["--batch-size", "32"], "train.batch_size", 32),
         (["--limit", "64"], "data.limit", 64),
         (["--seed", "0"], "train.seed", 0),
         (["--set", "optim.lr=1e-3"], "optim.lr", 0.001),
-        (["default", "--set", "backbone.width=4", "--set", "data.image_size_px=16", "--batch-size", "32",
-          "--limit", "64", "--epochs", "2"], "train.epochs", 2),  # fmt: skip  # a spec file equal to the run
+        (
+            [
+                "default",
+                "--set",
+                "backbone.width=4",
+                "--set",
+                "data.image_size_px=16",
+                "--batch-size",
+                "32",
+                "--limit",
+                "64",
+                "--epochs",
+                "2",
+            ],
+            "train.epochs",
+            2,
+        ),  # a spec file equal to the run
     ],
 )
 def test_allowed_or_repeated_flag_takes_effect(run_dir, args, field, value):

@@ -45,9 +45,8 @@ def test_same_process_holder_refuses_pretrain_resume_and_overwrite(finished_run)
     with runlock.hold(finished_run):
         assert_refused(invoke("--out", finished_run, "--overwrite", *TINY), f"is being written by pid {os.getpid()}")
         assert_refused(invoke("--out", finished_run, "--resume", "--epochs", "2"), "wait for it to end")
-        with pytest.raises(runlock.RunLockedError):
-            with runlock.hold(finished_run):
-                pass
+        with pytest.raises(runlock.RunLockedError), runlock.hold(finished_run):
+            pass
     after = {p.name: p.read_bytes() for p in finished_run.iterdir()}
     assert after == before  # --overwrite deleted nothing while the run was held
 
@@ -92,6 +91,5 @@ def test_a_stale_lock_alone_does_not_make_the_folder_busy(tmp_path, monkeypatch)
 def test_out_naming_a_file_is_one_line(tmp_path):
     path = tmp_path / "file"
     path.write_text("x")
-    with pytest.raises(UserError, match="is a file"):
-        with runlock.hold(path):
-            pass
+    with pytest.raises(UserError, match="is a file"), runlock.hold(path):
+        pass
