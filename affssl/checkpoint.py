@@ -85,12 +85,15 @@ def load(path: Path, expect: str | None = None) -> tuple[dict[str, Tensor], dict
 
 def spec_of(header: dict[str, str], path: Path):
     """The RunSpec stored in a checkpoint header."""
-    from affssl.spec import RunSpec
+    from pydantic import ValidationError
+
+    from affssl.spec import RunSpec, describe
 
     try:
         return RunSpec.model_validate_json(header["spec"])
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path} carries no valid affssl spec ({err}); was it written by affssl?") from None
+    except (KeyError, ValidationError) as err:  # one line: pydantic's own message spans several
+        why = describe(err) if isinstance(err, ValidationError) else "no spec in the header"
+        raise CheckpointError(f"{path} carries no valid affssl spec ({why}); was it written by affssl?") from None
 
 
 def with_prefix(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:

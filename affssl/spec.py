@@ -279,7 +279,7 @@ def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
     if isinstance(tree.get("method"), dict):
         tree["method"].setdefault("name", "simclr")
         name = tree["method"]["name"]
-        if name not in METHOD_SPECS:
+        if not isinstance(name, str) or name not in METHOD_SPECS:  # a list or table is no name (found by fuzzing)
             raise SpecError(f"unknown base method {name!r}; choose one of {', '.join(METHOD_SPECS)}")
     try:
         return RunSpec.model_validate(tree)
