@@ -2,14 +2,20 @@
 
 __version__ = "0.1.0"
 
+# Public names imported on first use, so `import affssl` (and the CLI's start) skips torch.
+_LAZY = {
+    "AffineEstimation": "affssl.affine_block",
+    "AffineSpec": "affssl.spec",
+    "load_backbone": "affssl.eval.features",
+}
+
 
 def __getattr__(name: str):
-    # `affssl.load_backbone` is imported on first use, so `import affssl` (and the CLI's start) skips torch.
-    if name == "load_backbone":
-        from affssl.eval.features import load_backbone
+    if name in _LAZY:
+        from importlib import import_module
 
-        return load_backbone
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'affssl' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "load_backbone"]  # load_backbone: see __getattr__
+__all__ = ["AffineEstimation", "AffineSpec", "__version__", "load_backbone"]  # see __getattr__

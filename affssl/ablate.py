@@ -7,6 +7,11 @@ components and one value per extra axis (aggregation, views, fill, weight, locat
 contract). A run is finished when its last checkpoint reached spec.train.epochs and its eval
 records are current; a finished run is never repeated, an interrupted one resumes from its last
 checkpoint (or restarts when it has none), so a killed ablation is completed by calling it again.
+
+Two extra kinds of variant per base (affssl.ablate_study): the floor (`--floor`, "<base>/floor": the
+untrained encoder of the base's spec and seed, BatchNorm settled, affssl.floor) and the equal-time
+baseline (`--match-time`, "<base>/base-equal-time": the base trained for as many epochs as fit in the
+reference + affine run's training time, measured on the same machine).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class EvalSettings:
     batch_size: int = 256
     seed: int = 0  # the same probe seeds for every run, so variants meet the same splits
     curve: bool = False  # also probe every periodic epoch-NNNN checkpoint (linear, first data set)
+    curve_points: int | None = None  # with curve: train.checkpoint_every = max(1, epochs // N) for every run
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,8 @@ class Ablation:
     seeds: tuple[int, ...]
     eval: EvalSettings = field(default_factory=EvalSettings)
     preset: str | None = None
+    floor: bool = False  # per base: the untrained encoder's scores ("<base>/floor")
+    match_time: bool = False  # per base: the baseline trained for the reference + affine run's time
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,7 @@ class Variant:
     axes: tuple[tuple[str, str], ...]  # (axis, value) for each ablated axis
     overrides: tuple[str, ...]
     reference: bool  # all listed components with each axis at its first value
+    kind: Literal["run", "floor", "equal-time"] = "run"
 
     @property
     def baseline(self) -> bool:
@@ -132,6 +141,8 @@ def make_ablation(
     axes: dict[str, str | None] | None = None,
     seeds: int = 1,
     eval_settings: EvalSettings = EvalSettings(),
+    floor: bool = False,
+    match_time: bool = False,
 ) -> Ablation:
     """Validate the comma lists of the command line and merge them over a preset."""
     if preset is not None and preset not in PRESETS:
@@ -163,10 +174,13 @@ def make_ablation(
             raise UserError(f"unknown --eval protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if eval_settings.curve_points is not None and eval_settings.curve_points < 1:
+        raise UserError(f"--curve-points must be at least 1, got {eval_settings.curve_points}")
     axes_t = tuple((a, merged[a]) for a in AXES if a in merged)  # canonical axis order
     seed_t = tuple(range(first_seed, first_seed + seeds))
     ordered = tuple(c for c in COMPONENTS if c in comps)
-    return Ablation(chosen_bases, ordered, chosen_subsets, axes_t, seed_t, eval_settings, preset)  # type: ignore[arg-type]
+    return Ablation(chosen_bases, ordered, chosen_subsets, axes_t, seed_t, eval_settings, preset, floor,  # type: ignore[arg-type]
+                    match_time)  # fmt: skip
 
 
 def component_sets(components: tuple[str, ...], subsets: Subsets) -> list[tuple[str, ...]]:
@@ -180,11 +194,14 @@ def component_sets(components: tuple[str, ...], subsets: Subsets) -> list[tuple[
 
 
 def variants(ablation: Ablation) -> list[Variant]:
-    """Per base: the baseline, then every component set × every combination of axis values."""
+    """Per base: [the floor,] the baseline, every component set × every axis combination[, the equal-time base]."""
     out: list[Variant] = []
     names = [a for a, _ in ablation.axes]
+    off = ("affine.enabled=false",)
     for base in ablation.bases:
-        out.append(Variant(f"{base}/base", base, (), (), ("affine.enabled=false",), False))
+        if ablation.floor:
+            out.append(Variant(f"{base}/floor", base, (), (), off, False, "floor"))
+        out.append(Variant(f"{base}/base", base, (), (), off, False))
         for comps in component_sets(ablation.components, ablation.subsets):
             tag = "all" if set(comps) == set(COMPONENTS) else "+".join(comps)
             for values in itertools.product(*(v for _, v in ablation.axes)):
@@ -197,6 +214,8 @@ def variants(ablation: Ablation) -> list[Variant]:
                 )
                 first = all(v == vals[0] for v, (_, vals) in zip(values, ablation.axes, strict=True))
                 out.append(Variant(name, base, comps, pairs, overrides, first and comps == ablation.components))
+        if ablation.match_time:  # last of its base: it needs the base and reference runs' training times
+            out.append(Variant(f"{base}/base-equal-time", base, (), (), off, False, "equal-time"))
     return out
 
 
@@ -206,10 +225,19 @@ SpecBuilder = Callable[[str, list[str]], RunSpec]  # (base method, extra overrid
 def plan(ablation: Ablation, build: SpecBuilder) -> list[PlannedRun]:
     """Every (variant, seed), seeds outermost so an interrupted ablation has whole seeds done first.
 
-    Every spec is built (and so validated) here, before any run starts.
+    Every spec is built (and so validated) here, before any run starts; an equal-time run's epochs are
+    set later from measured times (affssl.ablate_study.resolve). With `curve_points` N, every run keeps
+    a checkpoint every max(1, epochs // N) epochs, so its curve has ≥ min(N, epochs) points.
     """
-    vs = variants(ablation)
-    return [PlannedRun(v, s, build(v.base, [*v.overrides, f"train.seed={s}"])) for s in ablation.seeds for v in vs]
+
+    def spec(v: Variant, s: int) -> RunSpec:
+        made = build(v.base, [*v.overrides, f"train.seed={s}"])
+        if ablation.eval.curve_points is None:
+            return made
+        every = max(1, made.train.epochs // ablation.eval.curve_points)
+        return build(v.base, [*v.overrides, f"train.seed={s}", f"train.checkpoint_every={every}"])
+
+    return [PlannedRun(v, s, spec(v, s)) for s in ablation.seeds for v in variants(ablation)]
 
 
 def write_plan(out: Path, ablation: Ablation, planned: list[PlannedRun]) -> Path:
@@ -227,6 +255,7 @@ def write_plan(out: Path, ablation: Ablation, planned: list[PlannedRun]) -> Path
                 "seed": r.seed,
                 "folder": str(r.folder),
                 "reference": r.variant.reference,
+                "kind": r.variant.kind,
                 "overrides": list(r.variant.overrides),
                 "spec": json.loads(r.spec.model_dump_json()),
             }
@@ -272,20 +301,26 @@ def write_outputs(ablation: Ablation, planned: list[PlannedRun], out: Path, unit
     """results.csv, summary.md and the PNG plots from whatever runs in OUT are finished."""
     from affssl import ablate_results as results
     from affssl import plots
+    from affssl.ablate_study import resolve
+    from affssl.ablate_summary import write_summary
 
     if unit not in ("auto", "seed", "trial"):
         raise UserError(f"--stat-unit {unit!r}: choose auto, seed or trial")
     trials = len(ablation.seeds) == 1 and "linear" in ablation.eval.protocols  # the paper's n: probe trials
     chosen = ("trial" if trials else "seed") if unit == "auto" else unit
+    planned = resolve(planned, out, ablation.eval.curve_points)  # equal-time runs: their measured epochs
     rows = results.collect(planned, out, ablation.eval)
     metrics = results.metric_names(rows)
     tables = {m: results.variant_stats(planned, rows, m, chosen) for m in metrics}  # type: ignore[arg-type]
     csv_path = results.write_csv(rows, out / "results.csv")
-    summary = results.write_summary(out / "summary.md", ablation, tables, chosen, len(rows), len(planned))  # type: ignore[arg-type]
+    summary = write_summary(out / "summary.md", ablation, tables, chosen, len(rows), len(planned), rows, planned)  # type: ignore[arg-type]
     pictures = [plots.plot_variants(m, tables[m], out / f"variants-{m}.png") for m in metrics if tables[m]]
     if metrics and tables[metrics[0]]:
         pictures.append(plots.plot_cost(metrics[0], tables[metrics[0]], out / "cost.png"))
         linear = next((m for m in metrics if m.startswith("linear-")), None)
         if ablation.eval.curve and linear and (curve := plots.plot_curves(linear, rows, out / "curve.png")):
             pictures.append(curve)
+    for stem in (m.removesuffix("-r2") for m in metrics if m.startswith("affine-") and m.endswith("-r2")):
+        if picture := plots.plot_r2(stem, results.component_r2(planned, rows, stem), out / f"r2-{stem}.png"):
+            pictures.append(picture)
     return Outputs(csv_path, summary, tuple(pictures), chosen, tables, len(rows), len(planned))

@@ -1,33 +1,33 @@
-"""An ablation's results: one row per finished run (results.csv), statistics per variant (summary.md).
+"""An ablation's results: one row per finished run (results.csv), statistics per variant (ablate_summary).
 
 Rows are read back from the run folders only (metrics.jsonl, eval records), so the tables can be
 rebuilt at any time. Metric names join protocol and data set: `linear-cifar10` (top-1 %, the mean
 over probe trials), `knn-cifar10-k20`, `affine-cifar10-r2` (mean R² over components).
 The statistics unit is a pretraining seed (one value per run) or, as in the paper (§2.4, 5 probe
 trials of one checkpoint), a linear-probe trial (every trial of every run of the variant).
+Holm–Bonferroni adjusts each comparison column over its family: every + affine variant's p against
+its base (for --preset main: one per base), and every reference's p against its equal-time base.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from rich import box
-from rich.table import Table
-
 from affssl import runs
-from affssl.ablate import Ablation, EvalSettings, PlannedRun, Variant
+from affssl.ablate import EvalSettings, PlannedRun, Variant
 from affssl.ablate_run import curve_checkpoint, curve_epochs, eval_path, read_record
-from affssl.stats import Comparison, Summary, compare, fmt, fmt_p, summarize
+from affssl.ablate_study import MATCH
+from affssl.stats import Comparison, Summary, compare, holm, summarize
 
 Unit = Literal["seed", "trial"]
 # results.csv: these columns, then one per metric, then `<metric>_trials` (";"-joined probe trials)
 FIELDS = ("variant", "base", "affine", "components", "aggregation", "views", "fill", "weight", "location", "seed",
           "epochs", "wall_s", "img_per_s", "eval_s", "params_total", "params_head", "head_overhead_frac",
-          "final_loss", "run")  # fmt: skip
+          "final_loss", "kind", "time_ratio", "run")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,12 @@ def collect(planned: list[PlannedRun], out: Path, ev: EvalSettings) -> list[Row]
         images = math.fsum(r["img_per_s"] * r["epoch_time_s"] for r in epochs)
         fields = _fields(run, params, epochs[-1]["loss"] if epochs else math.nan, folder, out)
         fields["eval_s"] = f"{math.fsum(r.get('timing_s', {}).get('total', 0.0) for r in records.values()):.3f}"
+        match = read_record(folder / MATCH) if run.variant.kind == "equal-time" else None
+        fields["time_ratio"] = f"{match['time_ratio']:.4f}" if match else ""
         row = Row(run.variant, run.seed, fields, wall, images / wall if wall else math.nan)
         for (protocol, dataset), record in records.items():
             _read_metrics(row, protocol, eval_path(folder, protocol, dataset, run.spec).stem, record["result"])
-        if ev.curve:
+        if ev.curve and run.variant.kind != "floor":  # the floor is a line on the curve plot, not a curve
             row.curve = _curve(run, folder, ev, times, row)
         rows.append(row)
     return rows
@@ -91,11 +93,12 @@ def _fields(run: PlannedRun, params: dict, loss: float, folder: Path, out: Path)
         "affine": str(on).lower(),
         **{k: v if on else "" for k, v in affine.items()},
         "seed": str(run.seed),
-        "epochs": str(run.spec.train.epochs),
+        "epochs": "0" if run.variant.kind == "floor" else str(run.spec.train.epochs),
         "params_total": str(params.get("total", "")),
         "params_head": str(params.get("head", "")),
         "head_overhead_frac": f"{params['head_overhead_frac']:.5f}" if "head_overhead_frac" in params else "",
         "final_loss": f"{loss:.6g}",
+        "kind": run.variant.kind,
         "run": str(folder.relative_to(out)),
     }
 
@@ -160,6 +163,9 @@ class VariantStats:
     vs_ref: Comparison | None  # against the base's reference (all components); None for itself
     wall_s: float  # mean training seconds per run
     img_per_s: float
+    vs_equal: Comparison | None = None  # a reference against its base's equal-time baseline
+    p_holm_base: float = math.nan  # vs_base.p, Holm-adjusted over the + affine variants
+    p_holm_equal: float = math.nan  # vs_equal.p, Holm-adjusted over the references
 
 
 def samples(rows: list[Row], metric: str, unit: Unit) -> list[float]:
@@ -177,6 +183,7 @@ def variant_stats(planned: list[PlannedRun], rows: list[Row], metric: str, unit:
         if not values[v.name]:
             continue
         base = values.get(f"{v.base}/base") or None
+        equal = values.get(f"{v.base}/base-equal-time") or None
         ref = next((values[u.name] for u in variants if u.base == v.base and u.reference and values[u.name]), None)
         rs = by_name[v.name]
         out.append(
@@ -188,104 +195,42 @@ def variant_stats(planned: list[PlannedRun], rows: list[Row], metric: str, unit:
                 None if v.reference or ref is None else compare(values[v.name], ref),
                 math.fsum(r.wall_s for r in rs) / len(rs),
                 math.fsum(r.img_per_s for r in rs) / len(rs),
+                compare(values[v.name], equal) if v.reference and equal is not None else None,
             )
         )
+    return with_holm(out)
+
+
+def with_holm(stats: list[VariantStats]) -> list[VariantStats]:
+    """Holm-adjusted p of the + affine variants against their base, and of the references against equal time."""
+    out = list(stats)
+    for attr, target in (("vs_base", "p_holm_base"), ("vs_equal", "p_holm_equal")):
+        family = [i for i, s in enumerate(out) if not s.variant.baseline and getattr(s, attr) is not None]
+        for i, p in zip(family, holm([getattr(out[i], attr).p for i in family]), strict=True):
+            out[i] = replace(out[i], **{target: p})
+    return out
+
+
+ComponentEffect = tuple[str, str, Summary, Summary, Comparison]  # base, component, base R², + affine R², effect
+
+
+def component_r2(planned: list[PlannedRun], rows: list[Row], stem: str) -> list[ComponentEffect]:
+    """Per base and component: R² of the base and of the reference + affine (one value per run), and the
+    module's effect (difference of means with its Welch 95 % interval). `stem`: e.g. "affine-cifar10"."""
+    head = f"{stem}-r2-"
+    out = []
+    for base in dict.fromkeys(r.variant.base for r in planned):
+        plain = [r for r in rows if r.variant.base == base and r.variant.kind == "run" and r.variant.baseline]
+        with_module = [r for r in rows if r.variant.base == base and r.variant.reference]
+        components = dict.fromkeys(m.removeprefix(head) for r in plain + with_module for m in r.metrics
+                                   if m.startswith(head))  # fmt: skip
+        for c in components:
+            a = [r.metrics[head + c] for r in plain if head + c in r.metrics]
+            b = [r.metrics[head + c] for r in with_module if head + c in r.metrics]
+            if a and b:
+                out.append((base, c, summarize(a), summarize(b), compare(b, a)))
     return out
 
 
 def unit_label(metric: str) -> str:
     return "mean R² over components" if metric.startswith("affine-") else "top-1 %"
-
-
-COLUMNS = (
-    "variant",
-    "n",
-    "mean ± 95 % CI",
-    "Δ vs base (rel.)",
-    "p vs base",
-    "Δ vs all (rel.)",
-    "p vs all",
-    "train s",
-    "img/s",
-)
-
-
-def cells(s: VariantStats, digits: int = 2) -> list[str]:
-    def delta(c: Comparison | None) -> str:
-        return "—" if c is None else f"{fmt(c.gain, digits, signed=True)} ({fmt(100 * c.relative, 1, signed=True)} %)"
-
-    mean = f"{fmt(s.summary.mean, digits)} ± {fmt(s.summary.ci95, digits)}"
-    name = s.variant.name + (" (all)" if s.variant.reference else "")
-    return [
-        name,
-        str(s.summary.n),
-        mean,
-        delta(s.vs_base),
-        fmt_p(s.vs_base.p) if s.vs_base else "—",
-        delta(s.vs_ref),
-        fmt_p(s.vs_ref.p) if s.vs_ref else "—",
-        f"{s.wall_s:.1f}",
-        f"{s.img_per_s:.0f}",
-    ]
-
-
-def write_summary(
-    path: Path, ablation: Ablation, tables: dict[str, list[VariantStats]], unit: Unit, n_runs: int, n_planned: int
-) -> Path:
-    ev = ablation.eval
-    axes = "; ".join(f"{a} {','.join(v)}" for a, v in ablation.axes) or "—"
-    sample = (
-        "one value per pretraining seed (the run's mean over its probe trials)"
-        if unit == "seed"
-        else "every linear-probe trial of every run (paper §2.4: repeated probes of one checkpoint)"
-    )
-    lines = [
-        f"# Ablation{f' — preset {ablation.preset}' if ablation.preset else ''}",
-        "",
-        f"- bases: {', '.join(ablation.bases)}; components: {', '.join(ablation.components)} "
-        f"({ablation.subsets}); axes: {axes}; seeds: {', '.join(map(str, ablation.seeds))}",
-        f"- evaluation: {', '.join(ev.protocols)}; linear-probe trials {ev.trials}; probe limit {ev.limit or '—'}",
-        f"- runs finished: {n_runs} of {n_planned}",
-        f"- samples: {sample}",
-        "- mean ± half-width of the two-sided 95 % Student-t interval; p: Welch's two-sided t-test "
-        "(scipy.stats.ttest_ind, equal_var=False); Δ: difference of means, relative gain in parentheses",
-        "- vs base: against the same base method without the affine module; vs all: against the variant with "
-        "all listed components and each axis at its first value, marked (all)",
-        "- —: not computable (fewer than two samples, or no spread on either side)",
-    ]
-    for metric, stats in tables.items():
-        digits = 3 if metric.startswith("affine-") else 2
-        lines += [
-            "",
-            f"## {metric} ({unit_label(metric)})",
-            "",
-            "| " + " | ".join(COLUMNS) + " |",
-            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|",
-        ]
-        lines += ["| " + " | ".join(cells(s, digits)) + " |" for s in stats]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def rich_table(metric: str, stats: list[VariantStats]) -> Table:
-    """The terminal's view: mean ± CI, relative gains in %, Welch p; numbers are never truncated."""
-    digits = 3 if metric.startswith("affine-") else 2
-
-    def rel(c: Comparison | None) -> str:
-        return "—" if c is None else f"{fmt(100 * c.relative, 1, signed=True)}%"
-
-    rows = []
-    for s in stats:
-        mean = f"{fmt(s.summary.mean, digits)} ± {fmt(s.summary.ci95, digits)}"
-        p_base, p_ref = (fmt_p(c.p) if c else "—" for c in (s.vs_base, s.vs_ref))
-        name = s.variant.name + ("*" if s.variant.reference else "")
-        rows.append([name, str(s.summary.n), mean, rel(s.vs_base), p_base, rel(s.vs_ref), p_ref])
-    caption = "CI: 95 % t-interval half-width; *: all listed components, the 'vs all' reference; p: Welch t-test"
-    table = Table(title=f"{metric} ({unit_label(metric)})", caption=caption, header_style="bold",
-                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-    for i, header in enumerate(("variant", "n", "mean ± CI", "vs base", "p", "vs all", "p")):
-        width = max(len(header), *(len(r[i]) for r in rows)) if rows else len(header)
-        table.add_column(header, justify="left" if i == 0 else "right", min_width=width, overflow="fold")
-    for r in rows:
-        table.add_row(*r)
-    return table

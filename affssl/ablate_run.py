@@ -7,6 +7,8 @@ calling it again):
     eval records missing or stale            → evaluate (RUN/eval/<protocol>-<dataset>.json)
     otherwise                                → done, skipped
 A folder whose spec.json differs from the planned spec is an error: it belongs to another ablation.
+A floor's "training" writes its epoch-0 checkpoint (affssl.floor); an equal-time run gets its epochs
+from its base and + affine runs when they are finished (affssl.ablate_study), just before it starts.
 Periodic checkpoints (epoch-NNNN.safetensors) are probed with `--curve`; each is hard-linked into
 RUN/curve/epoch-NNNN/ so that its eval record lands in its own folder, not over the final one.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import affssl.eval as evaluation
-from affssl import checkpoint, engine, runs
+from affssl import ablate_study, checkpoint, engine, floor, runs
 from affssl.ablate import EvalSettings, PlannedRun
 from affssl.checkpoint import CheckpointError
 from affssl.data import Dataset, load_dataset
@@ -58,6 +60,11 @@ def execute(planned: list[PlannedRun], out: Path, ev: EvalSettings, report: Repo
     for i, run in enumerate(planned, 1):
         t0 = time.perf_counter()
         folder = out / run.folder
+        if run.variant.kind == "equal-time":
+            m = ablate_study.match(run, planned, out)
+            if m is None:
+                raise UserError(f"{run.folder}: its base and + affine runs are not finished; run the ablation again")
+            run = ablate_study.matched(run, m, ev.curve_points)
         state = run_state(run, folder, ev)
         if state == "done":
             report(Event(i, len(planned), run, "skip"))
@@ -65,6 +72,8 @@ def execute(planned: list[PlannedRun], out: Path, ev: EvalSettings, report: Repo
         if state in ("train", "resume"):
             report(Event(i, len(planned), run, state))
             train(run, folder, resume=state == "resume", data=_data(run.spec, cache))
+        if run.variant.kind == "equal-time":
+            ablate_study.write_match(folder, m)  # after train(): a fresh start empties the folder
         report(Event(i, len(planned), run, "evaluate"))
         evaluate(run, folder, ev)
         if ev.curve:
@@ -88,6 +97,8 @@ def run_state(run: PlannedRun, folder: Path, ev: EvalSettings) -> State:
     last = folder / runs.LAST
     if saved is None or not last.is_file():
         return "train"
+    if run.variant.kind == "floor":
+        return "evaluate" if pending(run, folder, ev) else "done"
     try:
         epoch = int(checkpoint.read_header(last)["epoch"])
     except (CheckpointError, KeyError, ValueError):
@@ -104,6 +115,9 @@ def run_state(run: PlannedRun, folder: Path, ev: EvalSettings) -> State:
 
 
 def train(run: PlannedRun, folder: Path, resume: bool, data: Dataset | None = None) -> Path:
+    if run.variant.kind == "floor":
+        runs.prepare(folder, resume=False, overwrite=True)
+        return floor.write_floor(run.spec, folder, data)
     if resume:
         runs.write_spec(folder, run.spec)  # a MUTABLE field (epochs, device) may have changed
     else:
@@ -115,7 +129,7 @@ def evaluate(run: PlannedRun, folder: Path, ev: EvalSettings) -> None:
     for protocol in ev.protocols:
         for dataset in ev.datasets:
             path = eval_path(folder, protocol, dataset, run.spec)
-            if not current(read_record(path), run.spec.train.epochs, ev, protocol):
+            if not current(read_record(path), ablate_study.target_epoch(run), ev, protocol):
                 probe(protocol, folder / runs.LAST, dataset, ev, run.spec.train.device, expect=path)
 
 
@@ -195,7 +209,7 @@ def current(record: dict | None, epoch: int, ev: EvalSettings, protocol: str) ->
 
 
 def pending(run: PlannedRun, folder: Path, ev: EvalSettings) -> bool:
-    epochs = run.spec.train.epochs
+    epochs = ablate_study.target_epoch(run)
     for protocol in ev.protocols:
         for dataset in ev.datasets:
             if not current(read_record(eval_path(folder, protocol, dataset, run.spec)), epochs, ev, protocol):

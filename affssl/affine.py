@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affssl.heads import mlp
+from affssl.precision import fp32
 from affssl.spec import AffineSpec
 
 PARAM_NAMES = ("angle_deg", "tx_px", "ty_px", "scale", "shear_x_deg", "shear_y_deg")
@@ -87,6 +88,7 @@ def _grid(matrix: Tensor, h: int, w: int) -> Tensor:
     return grid.view(-1, h, w, 2)
 
 
+@fp32
 def warp(x: Tensor, phi: Tensor, spec: AffineSpec) -> Tensor:
     """Apply φ to a float batch (B, C, H, W) with black fill, or the bounded crop (paper §3.6)."""
     _, _, h, w = x.shape
@@ -171,6 +173,7 @@ def _target_affine(spec: AffineSpec, size_px: int) -> tuple[Tensor, Tensor]:
     return shift, divisor
 
 
+@fp32
 def targets(phi: Tensor, spec: AffineSpec, size_px: int) -> Tensor:
     """(n, 6) φ → (n, k) regression targets, k = target_dim(spec)."""
     shift, divisor = (v.to(phi.device) for v in _target_affine(spec, size_px))
@@ -205,6 +208,7 @@ def build_head(spec: AffineSpec, feat_dim: int) -> nn.Sequential:
     return mlp(head_in_dim(spec, feat_dim), spec.head_hidden, target_dim(spec))
 
 
+@fp32
 def affine_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean squared error over batch and components, all weighted equally (paper §1.6)."""
     return F.mse_loss(pred, target)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from affssl.precision import fp32
 from affssl.spec import AugmentSpec
 
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2 weights, as torchvision's rgb_to_grayscale
@@ -25,6 +26,7 @@ CROP_ATTEMPTS = 10  # RandomResizedCrop's tries before its centre-crop fallback
 SOLARIZE_THRESHOLD = 0.5
 
 
+@fp32
 def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """x: (B, C, H, W) uint8 on the training device (C = 3). Returns two float32 views in [0, 1], each (B, C, H, W)."""
     xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]

@@ -60,7 +60,7 @@ def friendly(command):
             if _debug["on"]:
                 raise
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(e, "exit_code", 2)) from None
 
     return wrapper
 
@@ -76,8 +76,9 @@ BaseOpt = Annotated[str | None, typer.Option("--base", help=f"Base SSL method: {
 AffineOpt = Annotated[bool | None, typer.Option("--affine/--no-affine", help="Add the affine module (default on).")]
 ComponentsOpt = Annotated[str | None, typer.Option(help=f"Comma list of affine components: {','.join(COMPONENTS)}.")]
 DatasetOpt = Annotated[str | None, typer.Option(help="digits | cifar10 | cifar100 | stl10 | svhn | mnist | "
-                                                     "fashion-mnist | PATH to an image folder.")]  # fmt: skip
-BackboneOpt = Annotated[str | None, typer.Option(help="resnet18 | resnet50.")]
+                                                     "fashion-mnist | caltech101 | PATH to an image folder (Tiny "
+                                                     "ImageNet's layout too).")]  # fmt: skip
+BackboneOpt = Annotated[str | None, typer.Option(help="torchvision classification model: resnet18, vit_b_16, ….")]
 EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs.")]
 BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
 LimitOpt = Annotated[int | None, typer.Option(help="Train on N images (stratified when labelled).")]
@@ -261,11 +262,28 @@ def _show(record: dict, as_json: bool) -> None:
         out.print(table(record), highlight=False)
 
 
-def _probe(protocol: str, ckpt: Path, as_json: bool, **options) -> None:
+InitOpt = Annotated[str, typer.Option(help="trained: probe CKPT; random: the untrained encoder of a spec (CKPT: "
+                                           "TOML, preset or RUN/spec.json; + --set), BatchNorm settled.")]  # fmt: skip
+
+
+def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_=None, **options) -> None:
     """Run one of affssl.eval's evaluate_<protocol> functions and show its record."""
     import affssl.eval
 
     evaluate = getattr(affssl.eval, f"evaluate_{protocol}")
+    if init == "random":  # the floor: RUN/floor or floors/<spec hash>/last.safetensors (affssl.floor)
+        from affssl import floor
+
+        source = str(ckpt)
+        if Path(source).name == runs.SPEC and Path(source).is_file():
+            spec = build_spec(json.loads(Path(source).read_text()), list(set_ or []))
+        else:
+            spec = resolve_spec(source, None, list(set_ or []))
+        ckpt = floor.write_floor(spec, floor.default_folder(source, spec))
+    elif init != "trained":
+        raise UserError(f"--init {init!r}: choose trained or random")
+    elif set_:
+        raise UserError("--set applies to --init random only; a checkpoint carries its own spec")
     _show(evaluate(ckpt, progress=err.is_terminal, **options), as_json)
 
 
@@ -281,9 +299,11 @@ def eval_linear(
     seed: EvalSeedOpt = 0,
     limit: EvalLimitOpt = None,
     cache: CacheOpt = True,
+    init: InitOpt = "trained",
+    set_: SetOpt = None,
 ) -> None:
     """The paper's linear probe: logistic regression, C chosen on a validation split of train; mean ± 95 % CI."""
-    _probe("linear", ckpt, json_, trials=trials, dataset=dataset, seed=seed, limit=limit, device=device,
+    _probe("linear", ckpt, json_, init, set_, trials=trials, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
@@ -298,9 +318,11 @@ def eval_knn(
     seed: EvalSeedOpt = 0,
     limit: EvalLimitOpt = None,
     cache: CacheOpt = True,
+    init: InitOpt = "trained",
+    set_: SetOpt = None,
 ) -> None:
     """Weighted cosine kNN (k = 20 and 200, T = 0.1) on frozen features."""
-    _probe("knn", ckpt, json_, dataset=dataset, seed=seed, limit=limit, device=device,
+    _probe("knn", ckpt, json_, init, set_, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
@@ -315,9 +337,11 @@ def eval_affine(
     seed: EvalSeedOpt = 0,
     limit: EvalLimitOpt = None,
     cache: CacheOpt = True,
+    init: InitOpt = "trained",
+    set_: SetOpt = None,
 ) -> None:
     """Equivariance probe: R² of φ (rotation, translation, scale, shear) from features of an image and its warp."""
-    _probe("affine", ckpt, json_, dataset=dataset, seed=seed, limit=limit, device=device,
+    _probe("affine", ckpt, json_, init, set_, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
@@ -356,6 +380,11 @@ SubsetsOpt = Annotated[str | None, typer.Option(help="together: all listed compo
 StatUnitOpt = Annotated[str, typer.Option(help="seed: one sample per run; trial: one per linear-probe trial (paper "
                                                "§2.4); auto: trial for one seed.")]  # fmt: skip
 CurveOpt = Annotated[bool, typer.Option(help="Also probe each periodic checkpoint: accuracy vs epoch and vs time.")]
+CurvePointsOpt = Annotated[int | None, typer.Option(min=1, help="Implies --curve: a checkpoint every max(1, "
+                                                    "epochs // N) epochs, so ≥ min(N, epochs) points.")]  # fmt: skip
+FloorOpt = Annotated[bool, typer.Option(help="Per base: score the untrained encoder (BatchNorm settled).")]
+MatchTimeOpt = Annotated[bool, typer.Option(help="Per base and seed: the base trained for the + affine run's "
+                                                 "measured time (epochs × t_affine / t_base).")]  # fmt: skip
 AblateOutOpt = Annotated[Path | None, typer.Option("--out", help="Folder (default ablations/<preset or custom>).")]
 EvalDatasetsOpt = Annotated[str | None, typer.Option(help="Comma list of data sets to probe (default: the "
                                                           "pretraining one).")]  # fmt: skip
@@ -382,6 +411,9 @@ def ablate(
     eval_max_iter: Annotated[int | None, typer.Option(min=1, help="L-BFGS iterations per linear-probe fit.")] = None,
     eval_batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass when probing.")] = 256,
     curve: CurveOpt = False,
+    curve_points: CurvePointsOpt = None,
+    floor: FloorOpt = True,
+    match_time: MatchTimeOpt = False,
     stat_unit: StatUnitOpt = "auto",
     dataset: DatasetOpt = None,
     backbone: BackboneOpt = None,
@@ -405,7 +437,7 @@ def ablate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from affssl import ablate as ab
-    from affssl.ablate_results import rich_table
+    from affssl.ablate_summary import rich_table
 
     explicit = flag_overrides(None, None, None, dataset, backbone, epochs, batch_size, limit, None, device)
     explicit += list(set_ or [])
@@ -417,12 +449,13 @@ def ablate(
         limit=eval_limit,
         max_iter=eval_max_iter,
         batch_size=eval_batch_size,
-        curve=curve,
+        curve=curve or curve_points is not None,
+        curve_points=curve_points,
     )
     axes = {"aggregation": aggregation, "views": views, "fill": fill, "weight": weight, "location": location}
     ablation = ab.make_ablation(default_base=default.method.name, first_seed=default.train.seed, preset=preset,
                                 bases=bases, components=components, subsets=subsets, axes=axes, seeds=seeds,
-                                eval_settings=settings)  # fmt: skip
+                                eval_settings=settings, floor=floor, match_time=match_time)  # fmt: skip
     planned = ab.plan(ablation, lambda b, extra: resolve_spec(spec_file, b, explicit + extra))
     folder = out_dir or Path("ablations") / (preset or "custom")
     if dry_run:

@@ -1,14 +1,15 @@
 """Datasets → uint8 tensors in memory, plus the epoch batch iterator (design decision 1).
 
 `load_dataset` turns a `DataSpec` into a `Dataset` of (N, 3, S, S) uint8 images and int64 labels
-from sklearn's digits (offline default), six torchvision data sets, or any image folder (files
-decoded by affssl.decode). Decoding happens once: the full data is cached as safetensors under a
-sha256 key of the source's identity (paths, sizes, mtimes), the image size and a format version,
-so an edit to the source invalidates it. The cached images are memory-mapped, not read: the
-pixels live once in the page cache, shared by every process of the node that maps the file (under
-torchrun the node's local rank 0 decodes and writes it while the other ranks wait, then all map
-it). `--limit` is applied after the cache, stratified and seeded (a copy of the subset only).
-Randomness takes explicit Generators.
+from sklearn's digits (offline default), six torchvision data sets, Caltech-101, or any image folder
+(layouts in affssl.folders, files decoded by affssl.decode). Decoding happens once: the full data is
+cached as safetensors under a sha256 key of the source's identity (paths, sizes, mtimes), the image
+size and a format version, so an edit to the source invalidates it. The cached images are
+memory-mapped, not read: the pixels live once in the page cache, shared by every process of the
+node that maps the file (under torchrun the node's local rank 0 decodes and writes it while the
+other ranks wait, then all map it). `--limit` is applied after the cache, stratified and seeded (a
+copy of the subset only). Randomness takes explicit Generators. Downloads (torchvision data sets,
+Caltech-101) are attempted only when AFFSSL_OFFLINE is not 1.
 """
 
 from __future__ import annotations
@@ -32,8 +33,17 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from affssl import distributed
-from affssl.decode import IMAGE_EXTENSIONS, Entry, decode_files, square
-from affssl.errors import UserError
+from affssl.decode import decode_files, square
+from affssl.folders import (
+    CALTECH101_SKIP,
+    LAYOUTS,
+    DataError,
+    Files,
+    caltech101_folder,
+    files_in,
+    identity,
+    scan_folder,
+)
 from affssl.spec import DataSpec
 from affssl.tensorfile import map_tensors, write_atomic
 
@@ -46,11 +56,6 @@ TORCHVISION: dict[str, str] = {  # --dataset name → torchvision.datasets class
     "mnist": "MNIST",
     "fashion-mnist": "FashionMNIST",
 }
-LAYOUTS = "PATH/train/<class>/*.jpg (+ PATH/test/<class>/*.jpg), PATH/<class>/*.jpg, or PATH/*.jpg (unlabelled)"
-
-
-class DataError(UserError):
-    """A data set that cannot be loaded; the message names the problem and the fix."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,6 @@ class Dataset:
 
 
 Loaded = tuple[Split, Split | None, tuple[str, ...]]
-Files = dict[str, tuple[list[Entry], list[int] | None]]  # split → (sorted image files, labels or None)
 
 
 def cache_dir(spec: DataSpec) -> Path:
@@ -106,15 +110,18 @@ def _plan(spec: DataSpec, progress: bool) -> tuple[str, Callable[[], object], Ca
     name, size = spec.dataset, spec.image_size_px
     if name == "digits":
         data = Path(find_spec("sklearn").origin).parent / "datasets" / "data"  # located without importing it
-        csv = _identity(data, _files_in(str(data), False, ("digits.csv.gz",)))
+        csv = identity(data, files_in(str(data), False, ("digits.csv.gz",)))
         return name, partial(list, csv), partial(_digits, size)
     if name in TORCHVISION:
         root = cache_dir(spec) / name
-        files = partial(_files_in, str(root), True, ("",))  # every file: archives and extracted
-        return name, lambda: _identity(root, files() if root.is_dir() else []), partial(_torchvision, name, root, size)
-    splits, classes, folder = _scan_folder(Path(name).expanduser())
-    identity = [_identity(folder, files) for files, _ in splits.values()]
-    return str(folder), partial(list, identity), partial(_decode_folder, splits, classes, folder, size, progress)
+        files = partial(files_in, str(root), True, ("",))  # every file: archives and extracted
+        return name, lambda: identity(root, files() if root.is_dir() else []), partial(_torchvision, name, root, size)
+    if name == "caltech101":  # a class folder once torchvision has fetched it
+        splits, classes, folder = scan_folder(caltech101_folder(cache_dir(spec)), skip=CALTECH101_SKIP)
+    else:
+        splits, classes, folder = scan_folder(Path(name).expanduser())
+    ids = [identity(folder, files) for files, _ in splits.values()]
+    return str(folder), partial(list, ids), partial(_decode_folder, splits, classes, folder, size, progress)
 
 
 def subset(split: Split, n: int, seed: int) -> Split:
@@ -181,6 +188,11 @@ def _torchvision(name: str, root: Path, size: int) -> Loaded:
         try:
             ds = cls(str(root), download=False, **kwargs)
         except (RuntimeError, OSError):
+            if os.environ.get("AFFSSL_OFFLINE") == "1":
+                raise DataError(
+                    f"data set {name!r} is not in {root} and downloads are off (AFFSSL_OFFLINE=1); put it there, "
+                    f"or pass `--dataset PATH` with an image folder laid out as {LAYOUTS}"
+                ) from None
             try:
                 ds = cls(str(root), download=True, **kwargs)
             except (RuntimeError, OSError) as err:
@@ -193,60 +205,6 @@ def _torchvision(name: str, root: Path, size: int) -> Loaded:
         splits.append(Split(_to_images(ds.data, size), labels))
         classes = tuple(getattr(ds, "classes", None) or (str(c) for c in range(int(labels.max()) + 1)))
     return splits[0], splits[1], classes
-
-
-def _files_in(folder: str, recursive: bool, suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Entry]:
-    """Files in folder (and below when recursive), sorted by path; os.scandir, as pathlib is slow."""
-    found = []
-    with os.scandir(folder) as entries:
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            if e.is_dir():
-                found += _files_in(e.path, True, suffixes) if recursive else []
-            elif e.name.lower().endswith(suffixes):
-                st = e.stat()
-                found.append((e.path, st.st_size, st.st_mtime_ns))
-    return sorted(found)
-
-
-def _scan_split(folder: Path, classes: tuple[str, ...]) -> tuple[list[Entry], list[int] | None, tuple[str, ...]]:
-    """Files and labels of one split: class sub-folders (sorted by name, as ImageFolder) or loose images."""
-    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    per_class = {d.name: files for d in subdirs if (files := _files_in(str(d), recursive=True))}
-    if not per_class:
-        return _files_in(str(folder), recursive=False), None, ()
-    classes = classes or tuple(per_class)
-    if unknown := sorted(set(per_class) - set(classes)):
-        raise DataError(f"{folder} has classes {unknown} that train/ lacks; use the same class folders in both")
-    labels = [classes.index(c) for c, files in per_class.items() for _ in files]
-    return [f for files in per_class.values() for f in files], labels, classes
-
-
-def _scan_folder(path: Path) -> tuple[Files, tuple[str, ...], Path]:
-    if not path.is_dir():
-        raise DataError(
-            f"--dataset {str(path)!r} is neither a known data set (digits, {', '.join(TORCHVISION)}) nor an "
-            f"existing folder; pass one of those or an image folder laid out as {LAYOUTS}"
-        )
-    folder = path.resolve()
-    has_split = (folder / "train").is_dir()
-    train_files, train_labels, classes = _scan_split(folder / "train" if has_split else folder, ())
-    if not train_files:
-        raise DataError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)}); expected {LAYOUTS}")
-    splits = {"train": (train_files, train_labels)}
-    if has_split and (folder / "test").is_dir():
-        test_files, test_labels, _ = _scan_split(folder / "test", classes)
-        if test_files and (test_labels is None) != (train_labels is None):
-            raise DataError(f"{folder}: train/ and test/ must both have class folders, or neither")
-        if test_files:
-            splits["test"] = (test_files, test_labels)
-    return splits, classes, folder
-
-
-def _identity(root: Path, files: list[Entry]) -> list[Entry]:
-    """(path relative to root, size, mtime_ns) per file: any edit changes the cache key."""
-    return [(path[len(str(root)) + 1 :], size, mtime) for path, size, mtime in files]
 
 
 def _decode_folder(splits: Files, classes: tuple[str, ...], folder: Path, size: int, progress: bool) -> Loaded:

@@ -62,6 +62,24 @@ def mean(x: Tensor) -> Tensor:
     return x / world_size()
 
 
+def maximum(x: Tensor) -> Tensor:
+    """The element-wise maximum over ranks (not differentiable): for flags every rank must agree on."""
+    if world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
+def stack(x: Tensor) -> Tensor:
+    """(…) per rank → (world, …) in rank order (not differentiable); every rank must pass the same shape."""
+    if world_size() == 1:
+        return x.unsqueeze(0)
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.stack(parts)
+
+
 class _Gather(torch.autograd.Function):
     # All-gather forward, all-reduce backward: works on every backend (gloo has no reduce-scatter)
     # and avoids the deprecated torch.distributed.nn.functional collectives.

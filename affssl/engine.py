@@ -3,6 +3,14 @@
 Randomness is explicit and derived, per epoch, from (seed, purpose, epoch[, rank]): the data
 order, the views and the affine parameters each have their own generator. Resuming from the
 checkpoint of epoch e therefore replays epochs e+1… exactly, with no generator state to carry.
+A checkpoint written inside an epoch (a stop signal, train.checkpoint_every_steps) also holds
+its position: the batches done, every process's view and affine generator states and running
+metric sums. The epoch's permutation is drawn whole at its start, so resuming re-draws it and
+skips the batches done; the run then ends bit-identical to one never stopped (on CPU).
+
+Faults (affssl.faults): a loss that is not finite or above train.max_loss stops the run before
+the optimizer steps on it; SIGTERM/SIGINT/SIGUSR1 finish the step, write a step checkpoint and
+stop. No checkpoint that holds inf or NaN is ever written.
 """
 
 from __future__ import annotations
@@ -11,12 +19,13 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch import nn
+from torch import Tensor, nn
 
-from affssl import checkpoint, distributed, hostmem, runs
+from affssl import checkpoint, distributed, faults, hostmem, precision, runs
 from affssl.data import Dataset, batches, load_dataset
 from affssl.errors import UserError
 from affssl.learner import Learner
@@ -40,6 +49,15 @@ def generator(seed: int, purpose: str, epoch: int, device: torch.device, rank: i
     """A generator for one purpose and epoch, seeded from a hash so streams never overlap."""
     key = hashlib.sha256(f"{seed}/{purpose}/{epoch}/{rank}".encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(key[:8], "little") >> 1)
+
+
+class Position(NamedTuple):
+    """Where a checkpoint written inside an epoch stopped, for this process."""
+
+    done: int  # batches of the epoch already trained
+    views: Tensor  # (n,) uint8 state of the views generator
+    affine: Tensor  # (n,) uint8 state of the affine generator
+    sums: dict[str, Tensor]  # running sums of the epoch's loss terms
 
 
 def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool = True,
@@ -66,18 +84,19 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     if world > 1 and spec.train.sync_bn:  # BatchNorm statistics over the global batch, as one process
         learner = distributed.sync_batchnorm(learner)
     counts = learner.param_counts()
-    if spec.train.channels_last and device.type == "cuda":  # on CPU it slows BatchNorm backward ×10
-        learner = learner.to(memory_format=torch.channels_last)
+    policy = precision.resolve(spec.train.precision, spec.train.memory_format, device)
+    learner = learner.to(memory_format=policy.memory_format)  # conv weights; activations follow them
     params = [p for p in learner.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, spec.optim, fused=device.type == "cuda")
-    start_epoch = 0
+    start_epoch, position = 0, None
     if resume:
         tensors, header = checkpoint.load(run / runs.LAST, expect=checkpoint.TRAIN_FORMAT)
         learner.load_state_dict(checkpoint.strip_prefix("model", tensors), strict=True)
         checkpoint.restore_optimizer(optimizer, tensors)
         start_epoch = int(header["epoch"])
-        if distributed.is_main():
-            kept = [r for r in runs.read_metrics(run) if r.get("epoch", 0) <= start_epoch]
+        position = read_position(run / runs.LAST, header, tensors, device)
+        if distributed.is_main():  # lines past the checkpoint are replayed, not duplicated
+            kept = [r for r in runs.read_metrics(run) if r.get("step", 0) <= int(header["step"])]
             (run / runs.METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
     elif distributed.is_main():
         run.mkdir(parents=True, exist_ok=True)
@@ -90,29 +109,52 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
         model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.index is not None
                                                     else None)  # fmt: skip
     step_fn = torch.compile(model) if spec.train.compile else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and spec.train.amp)
     local_batch = spec.train.batch_size // world
     last = run / runs.LAST
+    guard = faults.DivergenceGuard(spec.train.max_loss, device)
+    guard.protect(optimizer)
+    # Reading the guard's flag waits for the device. On CPU that is free, so every step is checked
+    # before its backward pass. On CUDA a per-step read would stall the kernel queue, so it is read
+    # at the steps that sync anyway (log lines, epoch ends, checkpoints); a fused optimizer skips
+    # its updates in between (guard.protect). With several processes the read is one all-reduce of
+    # two numbers that also agrees on a stop signal, so every rank stops at the same step
+    # (gloo, 2 CPU processes: 0.45 ms a step measured on a busy 2-core machine).
+    sync_every = 1 if device.type == "cpu" else spec.train.log_every
+    every = spec.train.checkpoint_every_steps
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
                         disable=not (show_progress and distributed.is_main()))  # fmt: skip
-    with progress:
-        task = progress.add_task("pretrain", total=total_steps, completed=start_epoch * steps_per_epoch, status="")
+    done = position.done if position else 0
+    with progress, faults.StopSignals() as stop:
+        task = progress.add_task("pretrain", total=total_steps, completed=start_epoch * steps_per_epoch + done,
+                                 status="")  # fmt: skip
         for epoch in range(start_epoch, spec.train.epochs):
             learner.train()
             g_order = generator(spec.train.seed, "order", epoch, device)
             g_views = generator(spec.train.seed, "views", epoch, device, rank)
             g_affine = generator(spec.train.seed, "affine", epoch, device, rank)
             sums: dict[str, torch.Tensor] = {}
+            skip = 0
+            if position is not None:  # the first epoch of a resume from inside it
+                g_views.set_state(position.views)
+                g_affine.set_state(position.affine)
+                sums, skip, position = dict(position.sums), position.done, None
             t_epoch = t_log = time.perf_counter()
+            signum = 0
             for i, index in enumerate(batches(images.shape[0], spec.train.batch_size, g_order)):
+                if i < skip:
+                    continue  # trained before the checkpoint (the permutation was drawn whole)
                 step = epoch * steps_per_epoch + i
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, steps_per_epoch, spec.optim)
                 x = images[index[rank * local_batch : (rank + 1) * local_batch]]  # (b, C, S, S) uint8
-                with autocast:
+                with policy.autocast():
                     loss, parts = step_fn(x, g_views, g_affine)
+                guard.observe(step, parts)
+                save_now = every is not None and (step + 1) % every == 0 and i + 1 < steps_per_epoch
+                if (i + 1) % sync_every == 0 or i + 1 == steps_per_epoch or save_now:
+                    signum = agree(guard, stop, optimizer.param_groups[0]["lr"])  # raises Diverged
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -131,23 +173,86 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                         runs.append_metrics(run, {"kind": "step", **record})
                     progress.update(task, status=f"loss {record['loss']:.4f}  {record['img_per_s']:.0f} img/s")
                 progress.advance(task)
+                if world == 1 and stop.signum:  # one process: stop after this very step
+                    signum = agree(guard, stop, optimizer.param_groups[0]["lr"])
+                if (signum or save_now) and i + 1 < steps_per_epoch:
+                    summary = {"epoch": epoch, "step": step + 1, "epoch_step": i + 1}
+                    save_position(last, learner, optimizer, spec, summary, (g_views, g_affine), sums)
+                    if signum:
+                        raise faults.preempted(signum, run, step + 1, epoch + 1)
             seconds = time.perf_counter() - t_epoch
             means = distributed.mean(torch.stack(list(sums.values())))
             summary = {k: v.item() / steps_per_epoch for k, v in zip(sums, means, strict=True)}
             summary |= {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "epoch_time_s": seconds,
                         "img_per_s": steps_per_epoch * spec.train.batch_size / seconds}  # fmt: skip
+            check_finite(learner, optimizer, summary["step"])
             if distributed.is_main():
                 runs.append_metrics(run, {"kind": "epoch", **summary})
                 save_checkpoint(last, learner, optimizer, spec, summary)
                 if (epoch + 1) % spec.train.checkpoint_every == 0 or epoch + 1 == spec.train.epochs:
                     save_checkpoint(runs.epoch_checkpoint(run, epoch + 1), learner, optimizer, spec, summary)
             distributed.barrier()
+            if signum and epoch + 1 < spec.train.epochs:
+                raise faults.preempted(signum, run, summary["step"], epoch + 1)
     return last
 
 
+def agree(guard: faults.DivergenceGuard, stop: faults.StopSignals, lr: float) -> int:
+    """The divergence flag and stop signal, agreed by all processes: raises Diverged, else the signal (0: none)."""
+    flags = torch.stack([guard.seen, guard.seen.new_tensor(float(stop.signum))])  # (2,)
+    seen, signum = distributed.maximum(flags).tolist()
+    if seen:
+        raise guard.error(lr)
+    return int(signum)
+
+
+def check_finite(learner: Learner, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Never write a checkpoint that holds inf or NaN (a finite loss can still leave such weights)."""
+    tensors = [t for t in learner.state_dict().values() if t.is_floating_point()]
+    tensors += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]
+    bad = (~torch.stack([torch.isfinite(t).all() for t in tensors]).all()).float()
+    if distributed.maximum(bad).item():
+        lr = optimizer.param_groups[0]["lr"]
+        raise faults.Diverged(f"the weights are not finite after step {step}; nothing after the last finite step "
+                              f"was saved; lower optim.lr (now {lr:g}) and start a new run")  # fmt: skip
+
+
+def save_position(path: Path, learner: Learner, optimizer: torch.optim.Optimizer, spec: RunSpec, summary: dict,
+                  gens: tuple[torch.Generator, torch.Generator], sums: dict[str, Tensor]) -> None:  # fmt: skip
+    """A checkpoint inside an epoch: the state plus every process's generators and metric sums (a collective)."""
+    check_finite(learner, optimizer, summary["step"])
+    device = sums["loss"].device
+    per_rank = {"views": gens[0].get_state(), "affine": gens[1].get_state(), "sums": torch.stack(list(sums.values()))}
+    tensors = {f"position.{k}": distributed.stack(v.to(device)).cpu() for k, v in per_rank.items()}  # (world, …)
+    if distributed.is_main():
+        save_checkpoint(path, learner, optimizer, spec, summary | {"position_sums": list(sums)}, tensors)
+    distributed.barrier()
+
+
+def read_position(path: Path, header: dict[str, str], tensors: dict[str, Tensor],
+                  device: torch.device) -> Position | None:  # fmt: skip
+    """This process's position inside an epoch, or None for a checkpoint written at an epoch's end."""
+    done = int(header.get("epoch_step", "0"))
+    if done == 0:
+        return None
+    world, rank = distributed.world_size(), distributed.rank()
+    stored = tensors["position.views"].shape[0]
+    if stored != world:
+        raise checkpoint.CheckpointError(f"{path} stopped inside an epoch with {stored} processes; resume it with "
+                                         f"{stored} (each process's random streams are part of the state)")  # fmt: skip
+    sums = tensors["position.sums"][rank].to(device)  # (K,)
+    names = json.loads(header["position_sums"])
+    # clone: Generator.set_state reads a row of the (world, n) tensor from its storage's start
+    return Position(done, tensors["position.views"][rank].clone(), tensors["position.affine"][rank].clone(),
+                    {name: sums[k] for k, name in enumerate(names)})  # fmt: skip
+
+
 def save_checkpoint(path: Path, learner: Learner, optimizer: torch.optim.Optimizer, spec: RunSpec,
-                    summary: dict) -> None:  # fmt: skip
+                    summary: dict, position: dict[str, Tensor] | None = None) -> None:  # fmt: skip
+    """`position` (tensors position.*) and summary's epoch_step, position_sums: a checkpoint inside an epoch."""
     tensors = checkpoint.with_prefix("model", learner.state_dict()) | checkpoint.optimizer_tensors(optimizer)
-    meta = checkpoint.metadata_json(format=checkpoint.TRAIN_FORMAT, spec=spec.model_dump_json(),
-                                    epoch=summary["epoch"], step=summary["step"], metrics=summary)  # fmt: skip
+    tensors |= position or {}
+    inside = {k: summary[k] for k in ("epoch_step", "position_sums") if k in summary}
+    meta = checkpoint.metadata_json(format=checkpoint.TRAIN_FORMAT, spec=spec.model_dump_json(), epoch=summary["epoch"],
+                                    step=summary["step"], metrics=summary, **inside)  # fmt: skip
     checkpoint.save(path, tensors, meta)

@@ -1,8 +1,10 @@
 """Export the backbone alone (design decision 7): safetensors with torchvision's key names, or ONNX.
 
-Safetensors: the tensors are exactly the state dict of the torchvision ResNet with the same stem
-and no fc (`backbones.torchvision_model`), so `model.load_state_dict(load_file(path), strict=True)`
-works; the header holds format affssl.backbone/1, the backbone spec, the input size, the source
+Safetensors: the tensors are exactly the state dict of `torchvision.models.get_model(name)` with its
+final classification Linear replaced by nn.Identity() (and the same stem, for a ResNet with the CIFAR
+stem): `backbones.torchvision_model`, so `model.load_state_dict(load_file(path), strict=True)` works;
+the header holds format affssl.backbone/1, the backbone spec, the input size, the replaced layer
+(`removed_head`) and the one-line recipe of that model (`torchvision_model`), the source
 checkpoint's sha256 and its full spec. `affssl.load_backbone(path)` reads either kind of file.
 ONNX needs the optional extra (`pip install 'affssl[onnx]'`); its output is checked against torch
 with onnxruntime before the file is put in place.
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from affssl import checkpoint
+from affssl.backbones import recipe
 from affssl.checkpoint import BACKBONE_FORMAT, TRAIN_FORMAT
 from affssl.errors import UserError
 from affssl.eval.features import Source, backbone_tensors, build_from, load_backbone, open_source
@@ -51,18 +54,20 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "safetensors") -> dict:
         "tensors": len(tensors),
     }
     if fmt == "safetensors":
-        checkpoint.save(out, tensors, _metadata(source, backbone.feat_dim))
+        checkpoint.save(out, tensors, _metadata(source, backbone))
     else:
         summary["max_abs_diff"] = _export_onnx(backbone, source, out)
     return summary
 
 
-def _metadata(source: Source, feat_dim: int) -> dict[str, str]:
+def _metadata(source: Source, backbone: nn.Module) -> dict[str, str]:
     meta = {
         "format": BACKBONE_FORMAT,
         "backbone": source.backbone.model_dump_json(),
         "image_size_px": source.image_size_px,
-        "feat_dim": feat_dim,
+        "feat_dim": backbone.feat_dim,
+        "removed_head": f"{backbone.removed_head} (the final classification nn.Linear, now nn.Identity())",
+        "torchvision_model": recipe(source.backbone, source.image_size_px, backbone.removed_head),
         "input": INPUT,
         "source": source.path.name,
         "source_sha256": source.sha256,
@@ -117,7 +122,7 @@ def _export_onnx(backbone: nn.Module, source: Source, out: Path) -> float:
             backbone, (x,), tmp, input_names=["images"], output_names=["features"], dynamo=dynamo, **batch
         )
         model = onnx.load(tmp)
-        onnx.helper.set_model_props(model, _metadata(source, want.shape[1]))
+        onnx.helper.set_model_props(model, _metadata(source, backbone))
         onnx.save(model, tmp)
         session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

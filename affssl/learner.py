@@ -6,9 +6,10 @@
     φ ~ U(ranges); v1t = A_φ(v1); h1t = f(v1t) # the third image, made from view 1 only
     loss = loss_ssl + λ · mse(head(h1 − h1t), target(φ))
 
-The affine term lives here, once; no base method knows about it. With the module off, the third
-forward pass is skipped. Each image set goes through the encoder in its own forward pass, as in
-the paper, so BatchNorm statistics are per set (x1, x2 and x1t are never mixed in one batch).
+The affine term is the public block `affssl.AffineEstimation`, stored as `self.head` (its state
+dict is the head's: head.0.weight, …); no base method knows about it. With the module off, the
+third forward pass is skipped. Each image set goes through the encoder in its own forward pass, as
+in the paper, so BatchNorm statistics are per set (x1, x2 and x1t are never mixed in one batch).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from affssl import affine, augment
+from affssl import augment
+from affssl.affine_block import AffineEstimation
 from affssl.backbones import build_backbone
 from affssl.methods import build_method
 from affssl.spec import RunSpec
@@ -28,12 +30,12 @@ class Learner(nn.Module):
     def __init__(self, spec: RunSpec):
         super().__init__()
         self.spec = spec
-        self.backbone = build_backbone(spec.backbone)
+        self.backbone = build_backbone(spec.backbone, spec.data.image_size_px)
         feat_dim = self.backbone.feat_dim
         self.method = build_method(spec.method, self.backbone, feat_dim)
         if spec.affine.enabled:
             in_dim = feat_dim if spec.affine.location == "encoder" else spec.method.proj_out
-            self.head: nn.Module | None = affine.build_head(spec.affine, in_dim)
+            self.head: AffineEstimation | None = AffineEstimation(in_dim, spec=spec.affine)
         else:
             self.head = None
 
@@ -46,24 +48,18 @@ class Learner(nn.Module):
         parts = {"loss_ssl": out.loss.detach()}
         loss = out.loss
         if self.head is not None:
-            loss_affine = sum(
-                self._affine_term(view, h, z, g_affine)
-                for view, h, z in ((v1, h1, out.z1), (v2, h2, out.z2))[: spec.affine.views]
-            )
+            encoder, pairs = self.backbone, ((v1, h1), (v2, h2))  # the block reads encoder features…
+            if spec.affine.location == "projector":  # …or the projector's, through backbone then embed
+                encoder, pairs = self.embedded, ((v1, out.z1), (v2, out.z2))
+            loss_affine = sum(self.head(encoder, view, h, g_affine) for view, h in pairs[: spec.affine.views])
             parts["loss_affine"] = loss_affine.detach()
             loss = loss + spec.affine.weight * loss_affine
         parts["loss"] = loss.detach()
         return loss, parts
 
-    def _affine_term(self, view: Tensor, h: Tensor, z: Tensor, gen: torch.Generator) -> Tensor:
-        spec = self.spec.affine
-        size_px = view.shape[-1]
-        phi = affine.sample(view.shape[0], spec, size_px, gen)  # (B, 6)
-        h_warped = self.backbone(affine.warp(view, phi, spec))  # (B, F)
-        if spec.location == "projector":
-            h, h_warped = z, self.method.embed(h_warped)
-        pred = self.head(affine.aggregate(h, h_warped, spec.aggregation))  # (B, k)
-        return affine.affine_loss(pred.float(), affine.targets(phi, spec, size_px))
+    def embedded(self, view: Tensor) -> Tensor:
+        """The projector-location encoder: view (B, C, H, W) → method.embed(backbone(view)) (B, D)."""
+        return self.method.embed(self.backbone(view))
 
     def param_counts(self) -> dict[str, int]:
         """Trainable parameters per part; the paper reports the head at ≈ 4 % of the total."""

@@ -3,8 +3,10 @@
 - `plot_variants`: the metric per variant, mean with its 95 % t-interval, every sample as a dot.
 - `plot_cost`: final metric against training seconds per run (the price of each variant).
 - `plot_curves`: linear-probe accuracy against epoch and against training wall-clock seconds, from
-  the periodic checkpoints (`--curve`); the paper's "efficiency" claim (§3.2) is about this view.
+  the periodic checkpoints (`--curve`), one row of panels per base (± module, the equal-time base,
+  the floor as a dotted line); the paper's "efficiency" claim (§3.2) is about this view.
   Baselines are dashed, as in the paper's figure.
+- `plot_r2`: the equivariance probe's R² per component, base vs + affine, with 95 % intervals.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from affssl.ablate_results import Row, VariantStats, unit_label
+from affssl.ablate_results import ComponentEffect, Row, VariantStats, unit_label
 from affssl.stats import ci_half_width, mean
 
 DPI = 120
@@ -71,36 +73,64 @@ def curve_means(rows: list[Row]) -> list[tuple[int, float, float, float]]:
 
 
 def plot_curves(metric: str, rows: list[Row], path: Path) -> Path | None:
-    """Accuracy against epoch and against training seconds; None when no run has a curve."""
-    groups: dict[str, list[Row]] = {}
-    for r in rows:
-        if r.curve:
-            groups.setdefault(r.variant.name, []).append(r)
-    if not groups:
+    """Per base (one row of panels): accuracy against epoch and against training seconds, every variant
+    with a curve (the equal-time base included); the floor as a dotted line. None when no run has a curve."""
+    bases = list(dict.fromkeys(r.variant.base for r in rows if r.curve))
+    if not bases:
         return None
-    fig = Figure(figsize=(12, 5))
-    by_epoch, by_time = fig.subplots(1, 2, sharey=True)
-    for i, (name, rs) in enumerate(groups.items()):
-        points = curve_means(rs)
-        style = "--" if rs[0].variant.baseline else "-"
-        for ax, x in ((by_epoch, [p[0] for p in points]), (by_time, [p[1] for p in points])):
-            y = [p[2] for p in points]
-            ax.plot(x, y, style, marker="o", markersize=3, color=_colour(i), label=name)
-            ci = [0.0 if math.isnan(p[3]) else p[3] for p in points]
-            ax.fill_between(
-                x,
-                [a - c for a, c in zip(y, ci, strict=True)],
-                [a + c for a, c in zip(y, ci, strict=True)],
-                color=_colour(i),
-                alpha=0.15,
-                linewidth=0,
-            )
-    by_epoch.set_xlabel("pretraining epoch")
-    by_time.set_xlabel("training wall-clock seconds")
-    by_epoch.set_ylabel(f"{metric}: {unit_label(metric)} (band: 95 % CI over seeds)")
-    for ax in (by_epoch, by_time):
-        ax.grid(alpha=0.3)
-    by_time.legend(fontsize=7, loc="lower right")
+    fig = Figure(figsize=(12, 4.5 * len(bases)))
+    panels = fig.subplots(len(bases), 2, sharey="row", squeeze=False)
+    for (by_epoch, by_time), base in zip(panels, bases, strict=True):
+        groups: dict[str, list[Row]] = {}
+        for r in rows:
+            if r.curve and r.variant.base == base:
+                groups.setdefault(r.variant.name, []).append(r)
+        for i, (name, rs) in enumerate(groups.items()):
+            points = curve_means(rs)
+            style = "--" if rs[0].variant.baseline else "-"
+            for ax, x in ((by_epoch, [p[0] for p in points]), (by_time, [p[1] for p in points])):
+                y = [p[2] for p in points]
+                ax.plot(x, y, style, marker="o", markersize=3, color=_colour(i), label=name)
+                ci = [0.0 if math.isnan(p[3]) else p[3] for p in points]
+                ax.fill_between(x, [a - c for a, c in zip(y, ci, strict=True)],
+                                [a + c for a, c in zip(y, ci, strict=True)], color=_colour(i), alpha=0.15,
+                                linewidth=0)  # fmt: skip
+        floor = [r.metrics[metric] for r in rows if r.variant.kind == "floor" and r.variant.base == base
+                 and metric in r.metrics]  # fmt: skip
+        for ax in (by_epoch, by_time):
+            if floor:
+                ax.axhline(mean(floor), linestyle=":", color="grey", label=f"{base}/floor (untrained)")
+            ax.grid(alpha=0.3)
+        by_epoch.set_ylabel(f"{base}: {metric}, {unit_label(metric)}\n(band: 95 % CI over seeds)")
+        by_time.legend(fontsize=7, loc="lower right")
+    panels[-1][0].set_xlabel("pretraining epoch")
+    panels[-1][1].set_xlabel("training wall-clock seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_r2(stem: str, effects: list[ComponentEffect], path: Path) -> Path | None:
+    """R² per component, base vs + affine (all), mean with 95 % CI bars, one panel per base."""
+    bases = list(dict.fromkeys(e[0] for e in effects))
+    if not bases:
+        return None
+    fig = Figure(figsize=(4 + 3.5 * len(bases), 4.5))
+    axes = fig.subplots(1, len(bases), sharey=True, squeeze=False)[0]
+    for ax, base in zip(axes, bases, strict=True):
+        mine = [e for e in effects if e[0] == base]
+        x = list(range(len(mine)))
+        for k, (label, pick) in enumerate((("base", 2), ("+ affine (all)", 3))):
+            heights = [e[pick].mean for e in mine]
+            errors = [0.0 if math.isnan(e[pick].ci95) else e[pick].ci95 for e in mine]
+            ax.bar([v + (k - 0.5) * 0.38 for v in x], heights, 0.38, yerr=errors, capsize=3, color=_colour(k),
+                   label=label)  # fmt: skip
+        ax.set_xticks(x, [e[1] for e in mine])
+        ax.set_title(base)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(f"{stem}: R² per component (mean ± 95 % CI)")
+    axes[-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     return path

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import tomllib
+from difflib import get_close_matches
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,7 +20,20 @@ from affssl.errors import UserError
 
 COMPONENTS: tuple[str, ...] = ("rotation", "translation", "scale", "shear")
 # Paper §1.6: λ = 1 for SimCLR and BYOL, 10 for Barlow Twins (the run reported as BT + Affine).
-DEFAULT_AFFINE_WEIGHT: dict[str, float] = {"simclr": 1.0, "byol": 1.0, "barlow": 10.0}
+# The other bases keep that balance: λ from the base loss's scale at init relative to the affine MSE
+# (≈ 0.45 at init). Measured on digits (preset default, batch 128, mean of 3 seeds), base loss ÷
+# affine MSE and the ratio of their gradient norms on the backbone: SimCLR 12 / 1.2, BYOL 8.6 / 1.5,
+# MoCo v3 9.3 / 1.4 → λ = 1; Barlow 274 / 233 (λ = 10 in the paper); VICReg 53 / 6.6 → λ = 5 brings
+# both back to SimCLR's and BYOL's (11 / 1.3). SimSiam's loss is BYOL's ÷ 4 up to a constant
+# (−(cos₁ + cos₂)/2 vs 4 − 2(cos₁ + cos₂)), ≈ 0 at init with gradients ¼ of BYOL's (ratio 0.21) → λ = 0.25.
+DEFAULT_AFFINE_WEIGHT: dict[str, float] = {
+    "simclr": 1.0,
+    "byol": 1.0,
+    "barlow": 10.0,
+    "vicreg": 5.0,
+    "mocov3": 1.0,
+    "simsiam": 0.25,
+}
 # Square size used when data.image_size_px is not given (digits are 8×8, upscaled for the CNN).
 NATIVE_SIZE_PX = {
     "digits": 16,
@@ -107,7 +122,7 @@ class AffineSpec(_Spec):
     aggregation: Literal["diff", "concat"] = "diff"
     views: Literal[1, 2] = 1
     location: Literal["encoder", "projector"] = "encoder"
-    weight: float | None = Field(None, ge=0, description="λ; None → per base (1, 1, 10)")
+    weight: float | None = Field(None, ge=0, description="λ; None → per base (DEFAULT_AFFINE_WEIGHT)")
     head_hidden: int = Field(512, ge=1)
     target: Literal["paper", "standardized"] = "paper"
 
@@ -128,10 +143,56 @@ class AffineSpec(_Spec):
         return v
 
 
+# affssl's own ResNets (torchvision's blocks and key names) take a width; every other name is built by
+# torchvision.models.get_model. The CIFAR stem applies to the models of torchvision's ResNet class.
+WIDTH_RESNETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+STEM_FAMILY: tuple[str, ...] = ("resnet", "resnext", "wide_resnet")  # name prefixes
+LIST_BACKBONES = 'python -c "import torchvision.models as m; print(m.list_models(module=m))"'
+
+
+@cache
+def classification_models() -> tuple[str, ...]:
+    """torchvision's classification model names (imported on first use: torchvision takes seconds)."""
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
 class BackboneSpec(_Spec):
-    name: Literal["resnet18", "resnet50"] = "resnet18"
-    width: int = Field(64, ge=4, description="channels of the first stage; 64 is torchvision's")
-    cifar_stem: bool | None = Field(None, description="3×3 stride-1 conv, no max-pool; None → image ≤ 64 px")
+    """The encoder: a torchvision classification model by name, its final classification Linear removed.
+
+    `width` applies to resnet18/34/50/101/152 (affssl's own ResNet); `cifar_stem` to the ResNet family
+    (resnet*, resnext*, wide_resnet*: the models of torchvision's ResNet class). Other models take
+    neither; ViT and MaxViT are built for data.image_size_px.
+    """
+
+    name: str = Field("resnet18", description="a torchvision classification model: resnet18, convnext_tiny, vit_b_16…")
+    width: int = Field(
+        64, ge=4, description="channels of the first stage (resnet18/34/50/101/152); 64 is torchvision's"
+    )
+    cifar_stem: bool | None = Field(
+        None, description="3×3 stride-1 conv1, no max-pool (ResNet family only); None → image ≤ 64 px for those"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v in WIDTH_RESNETS or v in classification_models():  # the common names skip importing torchvision
+            return v
+        close = get_close_matches(v, classification_models(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"unknown backbone {v!r}; {hint}list torchvision's classification models with: {LIST_BACKBONES}"
+        )
+
+    @model_validator(mode="after")
+    def _applies(self) -> BackboneSpec:
+        if self.width != 64 and self.name not in WIDTH_RESNETS:
+            resnets = "resnet" + "/".join(n.removeprefix("resnet") for n in WIDTH_RESNETS)  # resnet18/34/…
+            raise ValueError(f"width {self.width} applies to {resnets} only; drop backbone.width for {self.name}")
+        if self.cifar_stem and not self.name.startswith(STEM_FAMILY):
+            raise ValueError(f"the CIFAR stem applies to the ResNet family only; set cifar_stem=false for {self.name}")
+        return self
 
 
 class SimCLRSpec(_Spec):
@@ -157,8 +218,56 @@ class BarlowSpec(_Spec):
     l2_normalize: bool = Field(True, description="the paper L2-normalises projections first")
 
 
-MethodSpec = Annotated[SimCLRSpec | BYOLSpec | BarlowSpec, Field(discriminator="name")]
-METHOD_SPECS: dict[str, type[_Spec]] = {"simclr": SimCLRSpec, "byol": BYOLSpec, "barlow": BarlowSpec}
+class VICRegSpec(_Spec):
+    """VICReg (Bardes et al. 2022). Published: expander 8192-8192-8192 on ResNet-50's 2048-d features
+    (ImageNet) and 2048-2048-2048 on ResNet-18's 512-d ones (CIFAR, solo-learn), λ = μ = 25, ν = 1.
+    Here 512-512-512: no wider than the other bases' heads, and not narrower than ResNet-18's features,
+    as VICReg's expander ablation loses accuracy quickly below the representation's width."""
+
+    name: Literal["vicreg"] = "vicreg"
+    proj_hidden: int = Field(512, ge=1, description="expander hidden width, 2 hidden layers (paper: 8192; CIFAR: 2048)")
+    proj_out: int = Field(512, ge=1, description="expander output (paper: 8192; CIFAR: 2048)")
+    invariance_weight: float = Field(25.0, ge=0, description="λ on the views' MSE (paper: 25)")
+    variance_weight: float = Field(25.0, ge=0, description="μ on the std hinge (paper: 25)")
+    covariance_weight: float = Field(1.0, ge=0, description="ν on the off-diagonal covariance (paper: 1)")
+
+
+class MoCoV3Spec(_Spec):
+    """MoCo v3 (Chen et al. 2021), ResNet variant. Published: projector 2-layer 4096 → 256 and predictor
+    256 → 4096 → 256, τ = 0.2 (CIFAR, solo-learn; ImageNet ResNet-50 runs use 1.0), m 0.99 cosine-ramped
+    to 1. The heads scaled as this project scales BYOL's identical 4096/256 heads: 512/128."""
+
+    name: Literal["mocov3"] = "mocov3"
+    proj_hidden: int = Field(512, ge=1, description="projector hidden width (paper: 4096)")
+    proj_out: int = Field(128, ge=1, description="projector and predictor output (paper: 256)")
+    pred_hidden: int = Field(512, ge=1, description="predictor hidden width (paper: 4096)")
+    temperature: float = Field(0.2, gt=0, description="τ of the InfoNCE loss (CIFAR: 0.2)")
+    momentum_base: float = Field(0.99, ge=0, le=1, description="momentum-encoder EMA m, cosine-ramped to 1 (0.99)")
+
+
+class SimSiamSpec(_Spec):
+    """SimSiam (Chen & He 2021). Published (ImageNet, ResNet-50): 3-layer projector 2048-2048-2048 with
+    an affine-free output BN, predictor bottleneck 2048 → 512 → 2048; its CIFAR runs keep the 2048-d
+    output. Scaled by ¼ like this project's other heads (2048 → 512): projector 512-512-512,
+    predictor 512 → 128 → 512 (the bottleneck ratio 4 kept)."""
+
+    name: Literal["simsiam"] = "simsiam"
+    proj_hidden: int = Field(512, ge=1, description="projector hidden width, 2 hidden layers (paper: 2048)")
+    proj_out: int = Field(512, ge=1, description="projector and predictor output (paper: 2048)")
+    pred_hidden: int = Field(128, ge=1, description="predictor bottleneck (paper: 512 = output/4)")
+
+
+MethodSpec = Annotated[
+    SimCLRSpec | BYOLSpec | BarlowSpec | VICRegSpec | MoCoV3Spec | SimSiamSpec, Field(discriminator="name")
+]
+METHOD_SPECS: dict[str, type[_Spec]] = {
+    "simclr": SimCLRSpec,
+    "byol": BYOLSpec,
+    "barlow": BarlowSpec,
+    "vicreg": VICRegSpec,
+    "mocov3": MoCoV3Spec,
+    "simsiam": SimSiamSpec,
+}
 
 
 class OptimSpec(_Spec):
@@ -177,14 +286,39 @@ class TrainSpec(_Spec):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(10, ge=1, description="also keep epoch-NNNN.safetensors every N epochs")
     log_every: int = Field(10, ge=1, description="steps between metric lines (each one syncs the device)")
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA (CPU keeps NCHW)")
-    amp: bool = Field(True, description="bf16 autocast on CUDA")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also write RUN/last.safetensors every N steps inside an epoch (resumable exactly)"
+    )
+    max_loss: float | None = Field(
+        1e6,
+        gt=0,
+        description="stop the run when the loss passes this (a non-finite loss always stops it); the bases' losses "
+        "stay below ~1e4 and the affine MSE near 1, so 1e6 only catches a run that has diverged; None: off",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32"
+    )
+    memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
+        "auto", description="activations' layout; auto: channels_last (measured faster on CPU and CUDA)"
+    )
     compile: bool = False
     sync_bn: bool = Field(
         True,
         description="with several processes, BatchNorm statistics over the global "
         "batch (as one process); off: each process normalises its slice",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # Specs written before 0.2 carry `amp` and `channels_last`; read them as the fields that replaced them.
+        if isinstance(data, dict) and ("amp" in data or "channels_last" in data):
+            data = dict(data)
+            if "amp" in data:
+                data.setdefault("precision", "auto" if data.pop("amp") else "fp32")
+            if "channels_last" in data:
+                data.setdefault("memory_format", "auto" if data.pop("channels_last") else "contiguous")
+        return data
 
 
 class RunSpec(_Spec):
@@ -204,7 +338,7 @@ class RunSpec(_Spec):
             w = DEFAULT_AFFINE_WEIGHT[self.method.name]
             updates["affine"] = self.affine.model_copy(update={"weight": w})
         if self.backbone.cifar_stem is None:
-            stem = self.data.image_size_px <= 64
+            stem = self.data.image_size_px <= 64 and self.backbone.name.startswith(STEM_FAMILY)
             updates["backbone"] = self.backbone.model_copy(update={"cifar_stem": stem})
         for key, value in updates.items():
             object.__setattr__(self, key, value)
@@ -273,9 +407,11 @@ def read_toml(source: str | Path) -> dict[str, Any]:
 
 def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
     tree = json.loads(json.dumps(tree, default=str))  # deep copy; overrides never touch the source
+    file_backbone = dict(tree["backbone"]) if isinstance(tree.get("backbone"), dict) else {}
     # The method section's discriminator defaults to simclr so a TOML may omit it.
     for assignment in overrides:
         apply_override(tree, assignment)
+    _drop_file_backbone_options(tree, file_backbone, overrides)
     if isinstance(tree.get("method"), dict):
         tree["method"].setdefault("name", "simclr")
         name = tree["method"]["name"]
@@ -287,6 +423,18 @@ def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
         raise SpecError(describe(err)) from None
 
 
+def _drop_file_backbone_options(tree: dict[str, Any], file_backbone: dict[str, Any], overrides: list[str]) -> None:
+    """A file's width and stem belong to its ResNet: an override naming a model without a width drops them."""
+    backbone = tree.get("backbone")
+    name = backbone.get("name", "resnet18") if isinstance(backbone, dict) else "resnet18"
+    if name == file_backbone.get("name", "resnet18") or name in WIDTH_RESNETS:
+        return
+    overridden = {a.partition("=")[0].strip() for a in overrides}
+    for key in ("width", "cifar_stem"):
+        if key in file_backbone and f"backbone.{key}" not in overridden:
+            backbone.pop(key, None)
+
+
 def load_spec(source: str | Path | None = None, overrides: list[str] = ()) -> RunSpec:
     return build_spec(read_toml(source) if source is not None else {}, list(overrides))
 
@@ -295,7 +443,7 @@ def describe(err: ValidationError) -> str:
     """One line per problem, each naming the dotted field: 'train.epochs: …'."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("simclr", "byol", "barlow")))
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(tuple(METHOD_SPECS)))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key; check the spelling (see `affssl pretrain --print-spec`)"

@@ -1,4 +1,5 @@
-"""Statistics of repeated results: mean ± 95 % t-interval, Welch's t-test, relative gain (paper §2.4).
+"""Statistics of repeated results: mean ± 95 % t-interval, Welch's t-test, relative gain (paper §2.4),
+the Welch interval of a difference of means, and Holm–Bonferroni adjustment of a family of p-values.
 
 Pure functions of lists of numbers. A quantity that cannot be computed from the samples is NaN,
 never a made-up number: the interval of one sample, a test with fewer than two samples on a side,
@@ -52,6 +53,33 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
         return float(stats.ttest_ind(list(a), list(b), equal_var=False).pvalue)
 
 
+def welch_ci(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> float:
+    """Half-width of the Welch interval of mean(a) − mean(b): t_{(1+c)/2, ν} · √(s_a²/n_a + s_b²/n_b).
+
+    ν is the Welch–Satterthwaite degrees of freedom. NaN under the same conditions as `welch_p`.
+    """
+    if len(a) < 2 or len(b) < 2 or (std(a) == 0 and std(b) == 0):
+        return NAN
+    va, vb = std(a) ** 2 / len(a), std(b) ** 2 / len(b)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(stats.t.ppf((1 + confidence) / 2, dof)) * math.sqrt(va + vb)
+
+
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the input order; NaN entries stay NaN and are not counted.
+
+    With the m valid p-values sorted ascending p_(1) ≤ … ≤ p_(m): adj_(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j)).
+    Rejecting where adj ≤ α controls the family-wise error rate at α.
+    """
+    valid = sorted((p, i) for i, p in enumerate(ps) if not math.isnan(p))
+    out = [NAN] * len(ps)
+    running = 0.0
+    for rank, (p, i) in enumerate(valid):
+        running = max(running, min(1.0, (len(valid) - rank) * p))
+        out[i] = running
+    return out
+
+
 def relative_gain(value: float, reference: float) -> float:
     """(value − reference) / reference; NaN when the reference is 0 or NaN."""
     if reference == 0 or math.isnan(reference):
@@ -80,11 +108,12 @@ class Comparison:
     gain: float  # difference of means, in the metric's unit
     relative: float  # gain / reference mean
     p: float  # Welch two-sided
+    ci95: float = NAN  # half-width of the Welch 95 % interval of `gain`
 
 
 def compare(values: Sequence[float], reference: Sequence[float]) -> Comparison:
     m, r = mean(values), mean(reference)
-    return Comparison(m - r, relative_gain(m, r), welch_p(values, reference))
+    return Comparison(m - r, relative_gain(m, r), welch_p(values, reference), welch_ci(values, reference))
 
 
 def fmt(x: float | None, digits: int = 2, signed: bool = False) -> str:

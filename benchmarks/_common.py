@@ -13,14 +13,24 @@ from pathlib import Path
 
 import torch
 
-from affssl import hostmem
+from affssl import hostmem, precision
 from affssl.data import batches, load_dataset
 from affssl.engine import PURPOSES, generator, resolve_device
 from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
 from affssl.spec import DataSpec, RunSpec, load_spec
 
-__all__ = ["EngineStep", "images", "machine", "peak_memory", "resolve_device", "run_spec", "seconds", "step_args"]
+__all__ = [
+    "EngineStep",
+    "images",
+    "machine",
+    "peak_memory",
+    "resolve_device",
+    "run_spec",
+    "seconds",
+    "step_args",
+    "sync",
+]
 
 
 def machine(device: torch.device) -> str:
@@ -37,7 +47,7 @@ def machine(device: torch.device) -> str:
 
 def step_args(p: argparse.ArgumentParser) -> None:
     """The options throughput.py and peer_pipeline.py share: model, device and timing."""
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet50"])
+    p.add_argument("--backbone", default="resnet18", help="any name --backbone takes")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--device", default="auto")
@@ -87,13 +97,11 @@ class EngineStep:
         if device.type == "cpu":  # as the engine does; process-wide, so the bare and peer steps gain too
             hostmem.keep_freed_memory()
         self.spec, self.device, self.images = spec, device, pixels.to(device)
-        self.learner = Learner(spec).to(device)
-        if spec.train.channels_last and device.type == "cuda":
-            self.learner = self.learner.to(memory_format=torch.channels_last)
+        self.policy = precision.resolve(spec.train.precision, spec.train.memory_format, device)
+        self.learner = Learner(spec).to(device, memory_format=self.policy.memory_format)
         params = [p for p in self.learner.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(params, spec.optim, fused=device.type == "cuda")
         self.model = torch.compile(self.learner) if spec.train.compile else self.learner
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and spec.train.amp)
         seed = spec.train.seed
         self.g_order, self.g_views, self.g_affine = (generator(seed, k, 0, device) for k in PURPOSES)
         self.order, self.step = iter(()), 0
@@ -106,7 +114,7 @@ class EngineStep:
             index = next(self.order)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, 10**6, 100, self.spec.optim)
-        with self.autocast:
+        with self.policy.autocast():
             loss, _ = self.model(self.images[index], self.g_views, self.g_affine)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

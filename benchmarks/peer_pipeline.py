@@ -4,26 +4,31 @@
     python benchmarks/peer_pipeline.py --data /tmp/cifar10  # ImageFolder of CIFAR-10 JPEGs (train/ if present)
     python benchmarks/peer_pipeline.py --quick              # seconds-long smoke run (tiny model)
 
-peer: torchvision.datasets.ImageFolder (with --data; otherwise an in-memory list of PIL images)
-    and per-sample torchvision transforms — RandomResizedCrop, horizontal flip, ColorJitter with
-    p = 0.8, RandomGrayscale, GaussianBlur, ToTensor — making two views per image in DataLoader
-    workers (--workers, default 2), as solo-learn (without DALI) and lightly do; then the same
-    model step: encoder on both views, SimCLR projector and loss, backward, optimizer step.
+peer: the recipe as solo-learn (without DALI) and lightly document it for CIFAR: torchvision's
+    ResNet-18 (`torchvision.models.resnet18(weights=None)`, CIFAR stem, fc removed) in channels_last
+    memory format and fp32, `torchvision.datasets.ImageFolder` (with --data; otherwise an in-memory list
+    of PIL images) with per-sample torchvision transforms — RandomResizedCrop, horizontal flip,
+    ColorJitter with p = 0.8, RandomGrayscale, GaussianBlur, ToTensor — making two views per image in
+    DataLoader workers (--workers, default 2); then encoder on both views, SimCLR projector and
+    NT-Xent, backward, Adam step.
 affssl: the engine's step (`_common.EngineStep`) on uint8 images in memory, views made in
-    batches on the training device.
-Both sides use the same Learner weights, batch, augmentation parameters (affssl's AugmentSpec)
-and optimizer, and by default leave the affine module OFF on both sides (--affine: ON on both,
-the peer side calling the same Learner affine term on its views).
+    batches on the training device, under the engine's precision policy (`train.precision` auto:
+    bf16 autocast on this CPU when it has AVX512-BF16, channels_last).
+Both sides use the same initial weights, batch, augmentation parameters (affssl's AugmentSpec),
+projector, loss and optimizer, and by default leave the affine module OFF on both sides (--affine:
+ON on both, the peer side calling `affssl.AffineEstimation` on its views).
 
 img/s = source images per second (each gives two views, so two encoder passes, on both sides).
-ratio = affssl / peer; goal ≥ 1.3. Repeats alternate the two; medians. The peer's workers are
-started before each of its timed phases and stopped after it, so they never compete with the
-affssl phase; its prefetch queue may hold a few batches when timing starts (in the peer's favour).
+ratio = affssl / peer. Repeats alternate the two; medians. The peer's workers are started before
+each of its timed phases and stopped after it, so they never compete with the affssl phase; its
+prefetch queue may hold a few batches when timing starts (in the peer's favour). `--json PATH`
+also writes the figures as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -35,6 +40,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.datasets import ImageFolder
 
 from affssl.augment import blur_kernel_px
+from affssl.backbones import torchvision_model
+from affssl.optim import build_optimizer
 from affssl.spec import AugmentSpec
 
 
@@ -70,10 +77,20 @@ class PILImages(Dataset):
 
 
 class PeerStep:
-    """One step of the peer pipeline: next batch of two views from the workers, then the model step."""
+    """One step of the peer recipe: next batch of two views from the workers, then an fp32 channels_last step."""
 
     def __init__(self, engine: EngineStep, loader: DataLoader):
-        self.e, self.loader, self.it = engine, loader, None
+        spec, device = engine.spec, engine.device
+        torch.manual_seed(spec.train.seed)
+        self.backbone = torchvision_model(spec.backbone, spec.data.image_size_px)  # fc = Identity
+        self.backbone.load_state_dict(engine.learner.backbone.state_dict())  # the same initial weights
+        self.backbone = self.backbone.to(device, memory_format=torch.channels_last)
+        self.method, self.head = engine.learner.method, engine.learner.head  # projector + NT-Xent (+ module)
+        params = [*self.backbone.parameters(), *self.method.parameters()]
+        params += list(self.head.parameters()) if self.head is not None else []
+        self.optimizer = build_optimizer(params, spec.optim, fused=device.type == "cuda")
+        self.spec, self.device, self.g_affine = spec, device, engine.g_affine
+        self.loader, self.it = loader, None
 
     def start(self, warm: int) -> None:
         self.it = iter(self.loader)
@@ -85,18 +102,14 @@ class PeerStep:
 
     def __call__(self) -> None:
         (v1, v2), _ = next(self.it)
-        e, learner = self.e, self.e.learner
-        v1, v2 = (v.to(e.device, non_blocking=True) for v in (v1, v2))
-        with e.autocast:
-            h1, h2 = learner.backbone(v1), learner.backbone(v2)
-            out = learner.method(h1, h2, v1, v2)
-            loss = out.loss
-            if learner.head is not None:
-                loss = loss + e.spec.affine.weight * learner._affine_term(v1, h1, out.z1, e.g_affine)
-        e.optimizer.zero_grad(set_to_none=True)
+        v1, v2 = (v.to(self.device, memory_format=torch.channels_last, non_blocking=True) for v in (v1, v2))
+        h1, h2 = self.backbone(v1), self.backbone(v2)  # fp32, as the peers' CPU recipe
+        loss = self.method(h1, h2, v1, v2).loss
+        if self.head is not None:
+            loss = loss + self.spec.affine.weight * self.head(self.backbone, v1, h1, self.g_affine)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        e.optimizer.step()
-        learner.method.after_step(learner.backbone, 0.0)
+        self.optimizer.step()
 
 
 def main() -> None:
@@ -107,10 +120,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="peer DataLoader workers")
     p.add_argument("--images", type=int, default=4096, help="images in memory (random pixels only)")
     p.add_argument("--data", help="image folder (class sub-folders; train/ used if present), e.g. CIFAR-10 JPEGs")
-    p.add_argument("--quick", action="store_true", help="smoke run: width 8, 16 px, batch 16, 2 repeats of 3 steps")
+    p.add_argument("--quick", action="store_true", help="smoke run: width 64, 16 px, batch 16, 2 repeats of 3 steps")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args()
     if args.quick:
-        args.width, args.image_size, args.batch_size, args.images, args.repeats, args.steps = 8, 16, 16, 128, 2, 3
+        args.image_size, args.batch_size, args.images, args.repeats, args.steps = 16, 16, 128, 2, 3
     device = resolve_device(args.device)
     spec = run_spec("simclr", args.batch_size, args.image_size, args.backbone, args.width, device.type, args.affine)
     two_views = TwoViews(peer_transform(spec.augment, args.image_size))
@@ -125,7 +139,7 @@ def main() -> None:
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         drop_last=True, pin_memory=device.type == "cuda")  # fmt: skip
     affssl_step = EngineStep(spec, pixels, device)
-    peer = PeerStep(EngineStep(spec, pixels[: args.batch_size], device), loader)
+    peer = PeerStep(EngineStep(spec, pixels[: args.batch_size], device), loader)  # its own weights (same init)
 
     seconds(affssl_step, 2, device)  # warm-up
     times: dict[str, list[float]] = {"peer": [], "affssl": []}
@@ -147,7 +161,16 @@ def main() -> None:
     for key, label in labels.items():
         lo, hi = args.batch_size / max(times[key]), args.batch_size / min(times[key])
         print(f"| {label} | {rate[key]:,.0f} | {lo:,.0f}–{hi:,.0f} | {1e3 * statistics.median(times[key]):.1f} |")
-    print(f"\n**ratio affssl / peer:** {rate['affssl'] / rate['peer']:.2f} (goal ≥ 1.3)")
+    print(
+        f"\n**ratio affssl / peer:** {rate['affssl'] / rate['peer']:.2f} (affssl: {affssl_step.policy.describe()}; "
+        "peer: fp32, channels_last)"
+    )
+    if args.json:
+        record = {"machine": machine(device), "batch": args.batch_size, "backbone": args.backbone, "width": args.width,
+                  "image_size_px": args.image_size, "affine": args.affine, "workers": args.workers,
+                  "policy": affssl_step.policy.describe(), "img_per_s": rate, "step_s": times,
+                  "ratio": rate["affssl"] / rate["peer"]}  # fmt: skip
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

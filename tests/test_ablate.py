@@ -25,7 +25,7 @@ runner = CliRunner()
 TINY = ["--set", "backbone.width=4", "--set", "data.image_size_px=16", "--batch-size", "32", "--limit", "32",
         "--epochs", "1", "--device", "cpu"]  # fmt: skip
 PROBE = ["--eval-trials", "1", "--eval-limit", "50", "--eval-max-iter", "50"]
-ACCEPTANCE = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", *TINY, *PROBE]
+ACCEPTANCE = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", "--no-floor", *TINY, *PROBE]
 
 
 def names(**options) -> list[str]:
@@ -99,13 +99,33 @@ def test_presets_expand_to_valid_specs(preset):
     planned = ab.plan(ablation, build)
     refs = [r.variant.name for r in planned if r.variant.reference]
     assert len(refs) == len(ablation.bases)  # one reference (all components, first axis values) per base
-    if preset == "main":
+    if preset == "main":  # the paper's three bases, whatever else the registry holds
+        assert ab.PAPER_BASES == ("simclr", "byol", "barlow")
         assert [r.variant.name for r in planned] == [f"{b}/{k}" for b in ab.PAPER_BASES for k in ("base", "affine-all")]
     if preset == "weight":
         assert {r.spec.affine.weight for r in planned if r.spec.affine.enabled} == {10.0, 1.0}
         assert {r.spec.method.name for r in planned} == {"barlow"}
     if preset == "views":
         assert {r.spec.affine.views for r in planned if r.spec.affine.enabled} == {1, 2}
+
+
+def test_new_bases_plan_with_their_own_affine_weight():
+    ablation = ab.make_ablation(default_base="simclr", first_seed=0, bases="vicreg,mocov3,simsiam", components="scale")
+    planned = ab.plan(ablation, build)
+    assert [r.variant.name for r in planned] == [f"{b}/{k}" for b in ("vicreg", "mocov3", "simsiam")
+                                                 for k in ("base", "affine-scale")]  # fmt: skip
+    assert {r.spec.method.name: r.spec.affine.weight for r in planned} == {"vicreg": 5.0, "mocov3": 1.0,
+                                                                          "simsiam": 0.25}  # fmt: skip
+
+
+def test_ablate_cli_dry_run_accepts_the_new_bases():
+    result = runner.invoke(
+        app, ["ablate", "--base", "vicreg,mocov3,simsiam", "--components", "scale", "--dry-run", "--no-floor"]
+    )
+    assert result.exit_code == 0, result.output
+    for base in ("vicreg", "mocov3", "simsiam"):
+        assert f"{base}/base" in result.output and f"{base}/affine-scale" in result.output
+    assert "6 runs" in result.output
 
 
 @pytest.mark.parametrize(
@@ -197,8 +217,8 @@ class Fakes:
             runs.append_metrics(run, {"kind": "params", "backbone": 10, "method": 5, "head": 1, "total": 16,
                                       "head_overhead_frac": 1 / 16})  # fmt: skip
         for epoch in range(start + 1, spec.train.epochs + 1):
-            runs.append_metrics(run, {"kind": "epoch", "epoch": epoch, "loss": 1.0 / epoch, "epoch_time_s": 2.0,
-                                      "img_per_s": 32.0})  # fmt: skip
+            runs.append_metrics(run, {"kind": "epoch", "epoch": epoch, "loss": 1.0 / epoch,
+                                      "epoch_time_s": 2.0 + spec.affine.enabled, "img_per_s": 32.0})  # fmt: skip
             meta = checkpoint.metadata_json(format=checkpoint.TRAIN_FORMAT, spec=spec.model_dump_json(), epoch=epoch)
             for path in {runs.epoch_checkpoint(run, epoch), run / runs.LAST}:
                 checkpoint.save(path, {"w": torch.zeros(1)}, meta)
@@ -230,7 +250,7 @@ def fakes(monkeypatch):
     return install
 
 
-FAST = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", "--epochs", "2"]
+FAST = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", "--epochs", "2", "--no-floor"]
 
 
 def test_a_killed_ablation_completes_only_the_missing_runs(tmp_path, fakes):
@@ -298,6 +318,38 @@ def test_curve_probes_periodic_checkpoints_in_their_own_folders(tmp_path, fakes)
     assert runner.invoke(app, argv).exit_code == 0 and again.evaluated == []
 
 
+def test_equal_time_run_gets_the_affine_runs_time_in_whole_epochs(tmp_path, fakes):
+    f = fakes()  # fake epochs: 2 s without the module, 3 s with it → ratio 1.5
+    argv = [*FAST, "--subsets", "together", "--epochs", "4", "--match-time", "--curve-points", "4",
+            "--out", str(tmp_path)]  # fmt: skip
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "simclr/base-equal-time/seed-1"
+    assert RunSpec.model_validate_json((run / "spec.json").read_text()).train.epochs == 6  # round(4 × 1.5)
+    assert json.loads((run / "match.json").read_text()) == {"t_base_s": 8.0, "t_affine_s": 12.0, "time_ratio": 1.5,
+                                                            "base_epochs": 4, "epochs": 6}  # fmt: skip
+    assert (str(run), False) in f.trained and len(f.trained) == 6
+    with open(tmp_path / "results.csv") as fh:
+        rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(fh)}
+    equal, base = rows[("simclr/base-equal-time", "0")], rows[("simclr/base", "0")]
+    assert (equal["time_ratio"], equal["epochs"], base["time_ratio"], base["epochs"]) == ("1.5000", "6", "", "4")
+    # --curve-points 4 over 4 epochs: epochs 1, 2, 3 from the curve + the last, for every run; 6 for equal time
+    assert len(list((run / "curve").iterdir())) == 5
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Holm p vs equal time" in summary and "| simclr/base-equal-time | 0 | 1.5000 | 6 | 12.0 |" in summary
+    again = fakes()
+    assert runner.invoke(app, argv).exit_code == 0 and again.trained == [] and again.evaluated == []
+
+
+def test_curve_points_set_checkpoint_every():
+    ev = ab.EvalSettings(curve=True, curve_points=4)
+    ablation = ab.make_ablation(default_base="simclr", first_seed=0, components="scale", eval_settings=ev)
+    planned = ab.plan(ablation, lambda b, extra: build(b, ["train.epochs=10", *extra]))
+    assert {r.spec.train.checkpoint_every for r in planned} == {2}  # epochs 2, 4, 6, 8 + the last: 5 points
+    with pytest.raises(UserError, match="curve-points"):
+        ab.make_ablation(default_base="simclr", first_seed=0, eval_settings=ab.EvalSettings(curve_points=0))
+
+
 # ---------------------------------------------------------------------------------------------
 # Acceptance 1 with real training and probing on tiny settings (8 runs of 2 steps each)
 
@@ -339,3 +391,38 @@ def test_calling_the_finished_ablation_again_runs_nothing(sweep, monkeypatch):
     result = runner.invoke(app, [*ACCEPTANCE, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert result.output.count("skipped (finished)") == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# The CIFAR-10 study's machinery end to end, on tiny digits: floor, base, + affine and equal time;
+# linear, kNN and equivariance probes; curves; Holm-adjusted p; plots
+
+
+def test_study_command_floor_match_time_all_probes_and_curves(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "study"
+    argv = ["ablate", "--components", "scale,shear", "--subsets", "together", "--base", "simclr", "--seeds", "2",
+            "--set", "backbone.width=4", "--set", "data.image_size_px=8", "--batch-size", "32", "--limit", "32",
+            "--epochs", "2", "--device", "cpu", "--match-time", "--eval", "linear,knn,affine", "--curve-points", "2",
+            *PROBE, "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    summary = (out / "summary.md").read_text()
+    for name in ("simclr/floor", "simclr/base", "simclr/affine-scale+shear (all)", "simclr/base-equal-time"):
+        assert f"| {name} | 2 |" in summary
+    assert "Holm p vs base" in summary and "Holm p vs equal time" in summary
+    reference = next(line for line in summary.splitlines() if line.startswith("| simclr/affine-scale+shear (all) |"))
+    cells = [c.strip() for c in reference.split("|")[1:-1]]
+    assert cells[5] != "—" and float(cells[5]) >= float(cells[4])  # Holm p (a family of one: equal to p)
+    assert cells[7] != "—"  # Holm p against the equal-time base
+    assert "R² per component" in summary and "| simclr | scale |" in summary
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    kinds = {r["variant"]: r["kind"] for r in rows}
+    assert kinds["simclr/floor"] == "floor" and kinds["simclr/base-equal-time"] == "equal-time"
+    assert all(r["epochs"] == "0" for r in rows if r["kind"] == "floor")
+    assert all(float(r["time_ratio"]) > 0 for r in rows if r["kind"] == "equal-time")
+    assert all(r["knn-digits-k20"] and r["affine-digits-r2-scale"] for r in rows)
+    for png in ("curve.png", "r2-affine-digits.png", "variants-linear-digits.png", "cost.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "simclr/base/seed-0/curve/epoch-0001/eval/linear-digits.json").is_file()  # 2 curve points

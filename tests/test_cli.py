@@ -33,6 +33,14 @@ def test_print_spec_applies_flags_then_set():
     assert spec["train"]["epochs"] == 5
 
 
+@pytest.mark.parametrize(("base", "weight"), [("vicreg", 5.0), ("mocov3", 1.0), ("simsiam", 0.25)])
+def test_print_spec_takes_the_new_bases(base, weight):
+    result = run("pretrain", "--base", base, "--print-spec")
+    assert result.exit_code == 0, result.output
+    spec = json.loads(result.output)
+    assert spec["method"]["name"] == base and spec["affine"]["weight"] == weight
+
+
 def test_pretrain_tiny_run_and_refuse_overwrite(tmp_path):
     out = tmp_path / "run"
     result = run("pretrain", "--epochs", "1", "--no-progress", "--out", out, *TINY)

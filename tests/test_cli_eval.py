@@ -116,3 +116,21 @@ def test_errors_are_one_line_exit_2(run_ckpt, tmp_path, make, command, needle):
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit | None)
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.output
+
+
+def test_eval_init_random_scores_the_untrained_encoder_of_a_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--set", "backbone.width=4", "--set", "data.image_size_px=8", "--limit", "100", "--device", "cpu"]
+    result = runner.invoke(app, ["eval", "knn", "--init", "random", "default", *tiny, "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["checkpoint"]["epoch"] == "0" and record["spec"]["backbone"]["width"] == 4
+    (folder,) = (tmp_path / "floors").iterdir()
+    assert Path(record["path"]).resolve().parent == folder.resolve() / "eval"
+    (tmp_path / "run").mkdir()  # RUN/spec.json: the floor lands in RUN/floor
+    (tmp_path / "run" / "spec.json").write_text((folder / "spec.json").read_text())
+    result = runner.invoke(app, ["eval", "knn", "--init", "random", "run/spec.json", "--limit", "100", "--json"])
+    assert result.exit_code == 0 and (tmp_path / "run/floor/last.safetensors").is_file()
+    refused = runner.invoke(app, ["eval", "knn", "run/floor/last.safetensors", "--set", "train.seed=1"])
+    assert refused.exit_code == 2 and "--init random" in refused.output

@@ -270,3 +270,67 @@ def test_cifar10_jpeg_folder(cifar10_dir, tmp_path):
     assert ds.train.labels.bincount().tolist() == [5000] * 10 and ds.test.labels.bincount().tolist() == [1000] * 10
     first = cifar10_dir / "train" / "airplane" / "0000.jpg"
     assert (ds.train.images[0].int() - _pil_rgb(first).int()).abs().max() <= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's evaluation sets: a Tiny ImageNet folder, Caltech-101
+
+
+def _tiny_imagenet(root: Path) -> Path:
+    """A miniature of tiny-imagenet-200: train/<wnid>/images/*.JPEG (+ boxes), val/images + annotations, test/."""
+    wnids = ("n02", "n01")  # out of order on purpose: classes sort by name
+    for c, wnid in enumerate(wnids):
+        d = root / "train" / wnid / "images"
+        d.mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(_rgb(10 * c + k)).save(d / f"{wnid}_{k}.JPEG", quality=95)
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text(f"{wnid}_0.JPEG\t0\t0\t8\t8\n")
+    (root / "val" / "images").mkdir(parents=True)
+    lines = []
+    for k, wnid in enumerate(("n01", "n02", "n02")):
+        Image.fromarray(_rgb(100 + k)).save(root / "val" / "images" / f"val_{k}.JPEG", quality=95)
+        lines.append(f"val_{k}.JPEG\t{wnid}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    (root / "test" / "images").mkdir(parents=True)  # unlabelled in the real archive: ignored
+    Image.fromarray(_rgb(200)).save(root / "test" / "images" / "test_0.JPEG")
+    return root
+
+
+def test_tiny_imagenet_folder_uses_val_annotations_as_the_test_split(tmp_path):
+    root = _tiny_imagenet(tmp_path / "tiny-imagenet-200")
+    ds = load_dataset(_spec(root, tmp_path))
+    assert ds.classes == ("n01", "n02")
+    assert ds.train.images.shape == (6, 3, S, S) and ds.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert ds.test.images.shape == (3, 3, S, S) and ds.test.labels.tolist() == [0, 1, 1]
+    expected = torch.from_numpy(np.array(Image.open(root / "val/images/val_1.JPEG").convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(ds.test.images[1], expected)  # 16 px JPEG at 16 px: PIL's decode, unresized
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\nval_1.JPEG\tn09\n")
+    with pytest.raises(DataError, match="no annotation naming a train/ class"):
+        load_dataset(_spec(root, tmp_path, cache=False))
+
+
+def test_caltech101_offline_is_one_line_naming_the_folder_and_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFSSL_OFFLINE", "1")
+    with pytest.raises(DataError) as err:
+        load_dataset(_spec("caltech101", tmp_path))
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "cache" / "caltech101" / "101_ObjectCategories") in message
+    assert "https://data.caltech.edu/records/mzrjq-6wc02" in message and "AFFSSL_OFFLINE" in message
+
+
+def test_caltech101_is_a_class_folder_without_the_background_class(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFSSL_OFFLINE", "1")
+    folder = tmp_path / "cache" / "caltech101" / "101_ObjectCategories"
+    for c, name in enumerate(("accordion", "BACKGROUND_Google", "airplanes")):
+        (folder / name).mkdir(parents=True)
+        Image.fromarray(_rgb(c, (30, 20))).save(folder / name / "image_0001.jpg")
+    ds = load_dataset(_spec("caltech101", tmp_path, size=8))
+    assert ds.classes == ("accordion", "airplanes") and ds.test is None  # probes carve a test split
+    assert ds.train.images.shape == (2, 3, 8, 8) and ds.train.labels.tolist() == [0, 1]
+
+
+def test_torchvision_download_is_not_attempted_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFSSL_OFFLINE", "1")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", _Offline)
+    with pytest.raises(DataError, match="downloads are off"):
+        load_dataset(_spec("cifar10", tmp_path))

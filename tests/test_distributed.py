@@ -5,8 +5,9 @@
     `sync_batchnorm` and DDP, fed fixed views and φ instead of the random augment path;
 and the CLI under torchrun: rank 0 alone writes one checkpoint set, --resume continues it.
 
-What must match: every rank computes the global SimCLR/Barlow loss (the mean over ranks for the
-per-sample BYOL loss and the affine term); DDP's averaged parameter gradient equals the gradient
+What must match: every rank computes the global SimCLR/Barlow/VICReg loss (the mean over ranks for
+the per-sample BYOL, MoCo v3 and SimSiam losses and the affine term; MoCo v3's queries meet the
+keys of the global batch); DDP's averaged parameter gradient equals the gradient
 of one process; an input shard's gradient is world_size × that of one process (the gather's
 backward sums the ranks' identical losses and only parameter gradients are averaged by DDP).
 """
@@ -33,11 +34,15 @@ from affssl import affine, augment, distributed, runs
 from affssl.learner import Learner
 from affssl.methods.barlow import barlow_loss
 from affssl.methods.byol import byol_loss
+from affssl.methods.mocov3 import mocov3_loss
 from affssl.methods.simclr import nt_xent
+from affssl.methods.simsiam import simsiam_loss
+from affssl.methods.vicreg import vicreg_loss
 from affssl.spec import load_spec
 
 WORLD, BATCH, SIZE = 2, 8, 8  # ranks, global batch, image side (px)
-BASES = ("simclr", "byol", "barlow")
+BASES = ("simclr", "byol", "barlow", "vicreg", "mocov3", "simsiam")
+PER_SAMPLE = ("byol", "mocov3", "simsiam")  # each rank's loss is the mean over its own rows
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
@@ -76,6 +81,13 @@ def step_a(base: str, data: dict, rows: slice) -> dict[str, torch.Tensor]:
         loss = nt_xent(distributed.gather(z1), distributed.gather(z2), 0.5)
     elif base == "barlow":
         loss = barlow_loss(distributed.gather(z1), distributed.gather(z2), 5e-3)
+    elif base == "vicreg":
+        loss = vicreg_loss(distributed.gather(z1), distributed.gather(z2), 25.0, 25.0, 1.0)
+    elif base == "mocov3":  # this rank's queries against the keys of the global batch
+        k1, k2 = distributed.gather(data["t1"][rows]), distributed.gather(data["t2"][rows])
+        loss = mocov3_loss(z1, z2, k1, k2, 0.2, offset=distributed.rank() * z1.shape[0])
+    elif base == "simsiam":
+        loss = simsiam_loss(z1, z2, data["t1"][rows], data["t2"][rows])
     else:  # per-sample: no gather; DDP's average over ranks makes the global mean
         loss = byol_loss(z1, z2, data["t1"][rows], data["t2"][rows])
     loss.backward()
@@ -111,7 +123,7 @@ def step_b(base: str, data: dict, rows: slice) -> dict[str, torch.Tensor]:
     out = {k: v.detach() for k, v in parts.items()}
     out |= {f"grad.{n}": p.grad.clone() for n, p in learner.named_parameters() if p.requires_grad}
     torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], lr=0.1).step()
-    learner.method.after_step(learner.backbone, 0.5)  # BYOL: EMA from the unwrapped online network
+    learner.method.after_step(learner.backbone, 0.5)  # BYOL, MoCo v3: EMA from the unwrapped online network
     return out | {f"state.{k}": v.clone() for k, v in learner.state_dict().items()}
 
 
@@ -151,7 +163,7 @@ def test_loss_and_gather_match_one_process(ranks, single, base):
     ref, shards = single[f"a/{base}"], [r[f"a/{base}"] for r in ranks]
     mean_loss = sum(s["loss"] for s in shards) / WORLD
     torch.testing.assert_close(mean_loss, ref["loss"], **TOL)
-    if base != "byol":  # a gathered loss is the global loss on every rank
+    if base not in PER_SAMPLE:  # a gathered loss is the global loss on every rank
         for s in shards:
             torch.testing.assert_close(s["loss"], ref["loss"], **TOL)
     n = BATCH // WORLD
@@ -171,7 +183,7 @@ def test_learner_step_with_sync_batchnorm_matches_one_process(ranks, single, bas
     for s in shards:
         assert s.keys() == ref.keys()
         for k in ref:
-            if k.startswith(("grad.", "state.")):  # gradients, then weights, BN buffers, BYOL target after the step
+            if k.startswith(("grad.", "state.")):  # gradients, then weights, BN buffers, EMA copies after the step
                 torch.testing.assert_close(s[k], ref[k], **TOL, msg=lambda m, k=k: f"{k}: {m}")
 
 

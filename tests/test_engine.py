@@ -48,7 +48,18 @@ def image_folder(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("base", ["simclr", "byol", "barlow"])
+METHOD_PARTS = {
+    "simclr": ("projector",),
+    "byol": ("projector", "predictor", "target_backbone", "target_projector"),
+    "barlow": ("projector",),
+    "vicreg": ("projector",),
+    "mocov3": ("projector", "predictor", "momentum_backbone", "momentum_projector"),
+    "simsiam": ("projector", "predictor"),
+}
+MOMENTUM = {"byol": "target_backbone", "mocov3": "momentum_backbone"}
+
+
+@pytest.mark.parametrize("base", list(METHOD_PARTS))
 @pytest.mark.parametrize("with_affine", [True, False])
 def test_pretrain_writes_run_and_loss_goes_down(tmp_path, base, with_affine):
     spec = tiny(f"method.name={base}", f"affine.enabled={str(with_affine).lower()}", "train.epochs=4",
@@ -66,9 +77,15 @@ def test_pretrain_writes_run_and_loss_goes_down(tmp_path, base, with_affine):
     assert epochs[-1]["loss"] < epochs[0]["loss"], [r["loss"] for r in epochs]
     if with_affine:
         assert epochs[-1]["loss_affine"] < epochs[0]["loss_affine"]
-    keys = load_file(last).keys()
+    tensors = load_file(last)
+    keys = tensors.keys()
     assert any(k.startswith("model.head.") for k in keys) == with_affine
     assert any(k.startswith("optim.") for k in keys)
+    for part in METHOD_PARTS[base]:  # the method's own tensors travel in the checkpoint
+        assert any(k.startswith(f"model.method.{part}.") for k in keys), part
+    if base in MOMENTUM:  # a separate EMA copy that lags the online encoder
+        copy = f"model.method.{MOMENTUM[base]}.conv1.weight"
+        assert not torch.equal(tensors[copy], tensors["model.backbone.conv1.weight"])
 
 
 def test_pretrain_on_image_folder(tmp_path, image_folder):
@@ -100,14 +117,25 @@ def test_ablation_variants_train(tmp_path, overrides):
     assert len([r for r in runs.read_metrics(tmp_path / "run") if r["kind"] == "epoch"]) == 1
 
 
-def test_same_seed_gives_bit_identical_checkpoints(tmp_path):
-    spec = tiny("train.epochs=2", "method.name=byol")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_seed_gives_bit_identical_checkpoints(tmp_path, precision):
+    spec = tiny("train.epochs=2", "method.name=byol", f"train.precision={precision}")
     a = load_file(pretrain(spec, tmp_path / "a", show_progress=False))
     b = load_file(pretrain(spec, tmp_path / "b", show_progress=False))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    c = load_file(pretrain(tiny("train.epochs=2", "method.name=byol", "train.seed=1"), tmp_path / "c",
-                           show_progress=False))  # fmt: skip
+    assert {v.dtype for k, v in a.items() if k.startswith("model.")} <= {torch.float32, torch.int64}  # fp32 weights
+    c = load_file(pretrain(tiny("train.epochs=2", "method.name=byol", "train.seed=1", f"train.precision={precision}"),
+                           tmp_path / "c", show_progress=False))  # fmt: skip
     assert not torch.equal(a["model.backbone.conv1.weight"], c["model.backbone.conv1.weight"])
+
+
+def test_bf16_and_fp32_runs_differ_but_stay_close(tmp_path):
+    """The policy is really applied (bf16 changes the numbers) and bf16 stays near fp32 after a few steps."""
+    runs_ = {p: load_file(pretrain(tiny("train.epochs=1", f"train.precision={p}"), tmp_path / p, show_progress=False))
+             for p in ("fp32", "bf16")}  # fmt: skip
+    a, b = runs_["fp32"]["model.backbone.conv1.weight"], runs_["bf16"]["model.backbone.conv1.weight"]
+    assert not torch.equal(a, b)
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
 
 
 def test_param_overhead_logged(tmp_path):
@@ -124,8 +152,10 @@ def cli(*args: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    args = ["--no-progress", "--epochs", "5", "--set", "method.name=byol"] + [a for o in TINY for a in ("--set", o)]
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, precision):
+    args = ["--no-progress", "--epochs", "5", "--set", "method.name=byol", "--set", f"train.precision={precision}"]
+    args += [a for o in TINY for a in ("--set", o)]
     full = cli(*args, "--out", str(tmp_path / "full"))
     assert full.wait(timeout=600) == 0, full.stdout.read().decode()
 

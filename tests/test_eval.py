@@ -225,3 +225,48 @@ def test_carved_test_split_and_unlabelled_data(tiny_checkpoint):
     assert torch.bincount(data.test.labels).tolist() == [5, 5, 5, 5]
     with pytest.raises(DataError, match="unlabelled"):
         load_eval_data(source, data=_dataset(labelled=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# The random-initialisation floor (affssl.floor)
+
+
+def test_settle_batchnorm_is_the_cumulative_average_of_batch_statistics():
+    from affssl.floor import settle_batchnorm
+
+    bn = torch.nn.BatchNorm2d(3)
+    images = _images(21, size=4).images  # 21 images in batches of 8, 8, 5
+    used = settle_batchnorm(torch.nn.Sequential(bn).eval(), images, seed=3, batch_size=8)
+    pick = torch.randperm(21, generator=torch.Generator().manual_seed(3))
+    x = images[pick].double() / 255  # (21, 3, 4, 4)
+    chunks = x.split(8)
+    means = torch.stack([c.mean((0, 2, 3)) for c in chunks])  # (3 batches, C)
+    variances = torch.stack([c.var((0, 2, 3), unbiased=True) for c in chunks])
+    assert used == 21 and bn.momentum == 0.1 and not bn.training  # momentum and mode restored
+    assert torch.allclose(bn.running_mean.double(), means.mean(0), atol=1e-6)  # equal weight per batch
+    assert torch.allclose(bn.running_var.double(), variances.mean(0), atol=1e-6)
+
+
+def test_floor_is_the_pretrain_initialisation_with_settled_batchnorm(tmp_path):
+    from affssl import checkpoint
+    from affssl.floor import write_floor
+    from affssl.learner import Learner
+    from affssl.spec import load_spec
+
+    spec = load_spec("default", ["backbone.width=4", "data.image_size_px=16", "train.seed=5"])
+    data = _dataset(n_train=40)
+    a, b = write_floor(spec, tmp_path / "a", data), write_floor(spec, tmp_path / "b", data)
+    ta, header = checkpoint.load(a)
+    tb, _ = checkpoint.load(b)
+    assert header["epoch"] == "0" and header["floor"] == "true" and ta.keys() == tb.keys()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)  # deterministic
+    torch.manual_seed(5)
+    init = Learner(spec).state_dict()
+    weights = [k for k in init if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.equal(ta[f"model.{k}"], init[k]) for k in weights)  # untrained
+    mean = ta["model.backbone.bn1.running_mean"]
+    assert not torch.equal(mean, torch.zeros_like(mean))  # settled on the images, not the init's 0 / 1
+    mtime = a.stat().st_mtime_ns
+    assert write_floor(spec, tmp_path / "a", data) == a and a.stat().st_mtime_ns == mtime  # kept when current
+    record = evaluate_linear(a, trials=1, data=data, device="cpu")
+    assert record["checkpoint"]["epoch"] == "0" and record["path"].startswith(str(tmp_path / "a" / "eval"))

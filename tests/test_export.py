@@ -7,16 +7,16 @@ import json
 
 import pytest
 import torch
+import torchvision
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import affssl
-from affssl.backbones import torchvision_model
 from affssl.checkpoint import BACKBONE_FORMAT, read_header
 from affssl.data import Dataset, Split
 from affssl.errors import UserError
 from affssl.eval import evaluate_knn
-from affssl.eval.features import open_source
+from affssl.eval.features import backbone_tensors, build_from, open_source
 from affssl.export import export
 from affssl.spec import BackboneSpec
 
@@ -28,7 +28,23 @@ ARCHS = {  # torchvision width; both stems
         "data.image_size_px=64",
         "backbone.cifar_stem=false",
     ),  # ImageNet stem, as the paper
+    "mobilenet_v3_small": ("backbone.name=mobilenet_v3_small", "data.image_size_px=16"),
+    "vit_b_16": ("backbone.name=vit_b_16", "data.image_size_px=32"),  # 2×2 patches of 16 px
 }
+# What torchvision's source calls each model's classification Linear, and the feature size before it.
+HEADS = {"resnet18": ("fc", 512), "resnet50": ("fc", 2048), "mobilenet_v3_small": ("classifier.3", 1024),
+         "vit_b_16": ("heads.head", 768)}  # fmt: skip
+
+
+def torchvision_without_head(name: str, size: int, cifar_stem: bool) -> torch.nn.Module:
+    """get_model(name) with its classification Linear replaced by nn.Identity(), written out by hand."""
+    model = torchvision.models.get_model(name, weights=None, **({"image_size": size} if name == "vit_b_16" else {}))
+    parent, _, leaf = HEADS[name][0].rpartition(".")
+    setattr(model.get_submodule(parent), leaf, torch.nn.Identity())
+    if cifar_stem:
+        model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = torch.nn.Identity()
+    return model.eval()
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -39,18 +55,26 @@ def test_export_loads_strictly_into_torchvision(arch, make_checkpoint, tmp_path)
     spec = BackboneSpec.model_validate_json(header["backbone"])
     assert header["format"] == BACKBONE_FORMAT and spec.name == arch
     assert header["source_sha256"] == open_source(ckpt).sha256
-    model = torchvision_model(spec).eval()
-    weights = load_file(out)
-    assert set(weights) == set(model.state_dict())  # exactly torchvision's keys, fc removed
-    model.load_state_dict(weights, strict=True)
+    head, feat_dim = HEADS[arch]
+    assert header["removed_head"].startswith(f"{head} ") and json.loads(header["feat_dim"]) == feat_dim
     size = int(header["image_size_px"])
+    model = torchvision_without_head(arch, size, spec.cifar_stem)
+    weights = load_file(out)
+    assert set(weights) == set(model.state_dict())  # exactly torchvision's keys, classifier removed
+    model.load_state_dict(weights, strict=True)
+    recipe = {"torchvision": torchvision, "nn": torch.nn}
+    exec(header["torchvision_model"], recipe)  # the header's one-line recipe builds the same model
+    recipe["m"].load_state_dict(weights, strict=True)
+    source = open_source(ckpt)
+    trained = build_from(source, backbone_tensors(source))  # the encoder as affssl trained it
+    loaded = affssl.load_backbone(out)
+    assert type(loaded) is type(model) and not loaded.training  # torchvision's own model
     x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want = model(x)
-        from_export = affssl.load_backbone(out)(x)
-        from_checkpoint = affssl.load_backbone(ckpt)(x)
-    assert want.shape == (3, 512 if arch == "resnet18" else 2048)
-    assert (want - from_export).abs().max() <= 1e-5 and (want - from_checkpoint).abs().max() <= 1e-5
+        assert want.shape == (3, feat_dim)
+        for got in (trained(x), loaded(x), affssl.load_backbone(ckpt)(x), recipe["m"].eval()(x)):
+            assert (want - got).abs().max() <= 1e-6
 
 
 def test_load_backbone_is_in_eval_mode(tiny_checkpoint):
@@ -84,16 +108,18 @@ def test_eval_of_an_export_writes_next_to_it(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
-def test_onnx_matches_torch(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("mobilenet_v3_small", marks=pytest.mark.slow)])
+def test_onnx_matches_torch(arch, tiny_checkpoint, make_checkpoint, tmp_path):
     import onnxruntime
 
-    out = export(tiny_checkpoint, tmp_path / "bb.onnx", fmt="onnx")
+    ckpt = tiny_checkpoint if arch == "resnet18" else make_checkpoint(ARCHS[arch], arch)
+    out = export(ckpt, tmp_path / "bb.onnx", fmt="onnx")
     assert out["max_abs_diff"] <= 1e-4
     session = onnxruntime.InferenceSession(out["path"], providers=["CPUExecutionProvider"])
     x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(3))  # another batch size: dynamic axis
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.inference_mode():
-        want = affssl.load_backbone(tiny_checkpoint)(x).numpy()
+        want = affssl.load_backbone(ckpt)(x).numpy()
     assert abs(got - want).max() <= 1e-4
 
 

@@ -2,7 +2,18 @@
 
 import pytest
 
-from affssl.spec import COMPONENTS, PRESETS, BarlowSpec, BYOLSpec, RunSpec, SpecError, load_spec, parse_value
+from affssl.spec import (
+    COMPONENTS,
+    DEFAULT_AFFINE_WEIGHT,
+    METHOD_SPECS,
+    PRESETS,
+    BarlowSpec,
+    BYOLSpec,
+    RunSpec,
+    SpecError,
+    load_spec,
+    parse_value,
+)
 
 
 def test_defaults_resolve_weight_and_stem():
@@ -12,6 +23,19 @@ def test_defaults_resolve_weight_and_stem():
     assert load_spec(None, ["method.name=byol"]).affine.weight == 1.0
     assert load_spec(None, ["data.image_size_px=96"]).backbone.cifar_stem is False
     assert load_spec(None, ["method.name=barlow", "affine.weight=2.5"]).affine.weight == 2.5
+
+
+@pytest.mark.parametrize("base", list(METHOD_SPECS))
+def test_every_base_has_a_default_affine_weight(base):
+    spec = load_spec(None, [f"method.name={base}"])
+    assert isinstance(spec.method, METHOD_SPECS[base])
+    assert spec.affine.weight == DEFAULT_AFFINE_WEIGHT[base]
+    assert set(DEFAULT_AFFINE_WEIGHT) == set(METHOD_SPECS)
+    assert {b: DEFAULT_AFFINE_WEIGHT[b] for b in ("vicreg", "mocov3", "simsiam")} == {
+        "vicreg": 5.0,
+        "mocov3": 1.0,
+        "simsiam": 0.25,
+    }
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -43,12 +67,14 @@ def test_method_union_picks_the_right_model():
         ("affine.components=[]", "affine.components"),
         ("method.name=moco", "unknown base method 'moco'"),
         ("method.temperature=0.1x", "method.temperature"),
+        ("method.name=vicreg\0method.temperature=0.2", "method.temperature: unknown key"),
+        ("method.name=mocov3\0method.momentum_base=1.5", "method.momentum_base: Input should be less"),
         ("notakey", "not key=value"),
     ],
 )
 def test_bad_values_name_the_field(override, fragment):
     with pytest.raises(SpecError, match=None) as info:
-        load_spec(None, [override])
+        load_spec(None, override.split("\0"))
     assert fragment in str(info.value)
 
 

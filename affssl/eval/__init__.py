@@ -127,7 +127,7 @@ def evaluate_affine(
         r2_head = None
         if learner is not None:
             embed = learner.method.embed if trained.location == "projector" else None
-            r2_head = equivariance.head_r2(learner.head, embed, h["test"], hw["test"], phi["test"], trained, size)
+            r2_head = equivariance.head_r2(learner.head.mlp, embed, h["test"], hw["test"], phi["test"], trained, size)
     result = equivariance.AffineResult(r2, r2_cols, r2_head).summary()
     result["probe_affine"] = json.loads(spec.model_dump_json())
     result["head_note"] = (

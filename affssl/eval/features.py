@@ -1,9 +1,10 @@
 """Frozen features: rebuild a backbone from a file's header alone, extract in eval mode, cache on disk.
 
 A source is a training checkpoint (format affssl.train/1, tensors model.backbone.*) or a backbone
-export (affssl.backbone/1, tensors named as torchvision's ResNet). Both carry the backbone spec and
-the input size, so no --arch flag exists. Extraction runs under inference_mode with BatchNorm in
-eval mode (running statistics, not the paper's train-mode quirk), channels_last, images as float
+export (affssl.backbone/1, tensors named as the torchvision model without its classifier). Both carry
+the backbone spec and the input size, so no --arch flag exists. Extraction runs under inference_mode with BatchNorm in
+eval mode (running statistics, not the paper's train-mode quirk), channels_last, the training precision
+policy (bf16 autocast where the hardware has it), images as float
 in [0, 1] without mean/std, as in training. Features are cached as safetensors keyed by the
 sha256 of the source file and of the exact image bytes (so a subset or another data set never
 hits a stale entry), the split and any warp applied before the forward pass.
@@ -24,8 +25,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-from affssl import affine, checkpoint, hostmem
-from affssl.backbones import ResNet, build_backbone
+from affssl import affine, checkpoint, hostmem, precision
+from affssl.backbones import build_backbone, torchvision_model
 from affssl.checkpoint import BACKBONE_FORMAT, TRAIN_FORMAT, CheckpointError
 from affssl.errors import UserError
 from affssl.spec import AffineSpec, BackboneSpec, RunSpec
@@ -101,9 +102,14 @@ def backbone_tensors(source: Source) -> dict[str, Tensor]:
     return read_tensors(source.path, prefix)
 
 
-def build_from(source: Source, tensors: dict[str, Tensor]) -> ResNet:
-    """The backbone of a source with its weights loaded strictly, in eval mode."""
-    backbone = build_backbone(source.backbone)
+def build_from(source: Source, tensors: dict[str, Tensor], torchvision: bool = False) -> nn.Module:
+    """The backbone of a source with its weights loaded strictly, in eval mode.
+
+    `torchvision`: build torchvision's own model (`backbones.torchvision_model`) rather than affssl's
+    encoder; they differ only for resnet18/34/50/101/152, whose weights both hold at width 64.
+    """
+    build = torchvision_model if torchvision else build_backbone
+    backbone = build(source.backbone, source.image_size_px)
     try:
         backbone.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
@@ -118,10 +124,13 @@ def build_from(source: Source, tensors: dict[str, Tensor]) -> ResNet:
 def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """A ready encoder (eval mode) from a training checkpoint or an `affssl export` file.
 
+    It is torchvision's model (`torchvision.models.get_model(name)`, classification Linear replaced by
+    nn.Identity(), CIFAR stem for a ResNet trained with it), except for ResNets of width ≠ 64, which
+    torchvision cannot hold: those are affssl's ResNet with the same key names.
     Input: (B, 3, S, S) float RGB in [0, 1] without mean/std normalisation; output (B, F).
     """
     source = open_source(Path(path))
-    return build_from(source, backbone_tensors(source)).to(device)
+    return build_from(source, backbone_tensors(source), torchvision=source.backbone.width == 64).to(device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -146,8 +155,14 @@ def extract(
     phi: Tensor | None = None,
     affine_spec: AffineSpec | None = None,
     advance: Callable[[int], None] | None = None,
+    precision_name: str = "auto",
 ) -> Tensor:
-    """Features (N, F) float32 on the CPU of uint8 images (N, 3, S, S), optionally warped by φ (N, 6) first."""
+    """Features (N, F) float32 on the CPU of uint8 images (N, 3, S, S), optionally warped by φ (N, 6) first.
+
+    The forward pass runs under the training precision policy (`precision_name` as train.precision:
+    auto is bf16 autocast on CUDA and on CPUs with native bf16); the warp and the features stay fp32.
+    """
+    policy = precision.resolve(precision_name, "channels_last", device)
     backbone.eval().to(device, memory_format=torch.channels_last)
     if device.type == "cpu":
         hostmem.keep_freed_memory()  # reuse activation blocks between batches
@@ -160,7 +175,8 @@ def extract(
             if phi is not None:
                 x = affine.warp(x, phi[start : start + batch_size].to(device), affine_spec)
                 x = x.contiguous(memory_format=torch.channels_last)
-            chunks.append(backbone(x).float())  # (b, F)
+            with policy.autocast():
+                chunks.append(backbone(x).float())  # (b, F)
             if advance is not None:
                 advance(len(x))
     return torch.cat(chunks).cpu() if chunks else torch.empty(0, 0)  # (N, F)
@@ -191,6 +207,7 @@ def cached_features(
     phi: Tensor | None = None,
     affine_spec: AffineSpec | None = None,
     advance: Callable[[int], None] | None = None,
+    precision_name: str = "auto",
 ) -> tuple[Tensor, bool]:
     """(features (N, F), cache hit) for images; stored under source.eval_dir/cache/<tag>-<key>.safetensors.
 
@@ -198,13 +215,15 @@ def cached_features(
     A warp (φ and its spec) is part of the key, so warped features are cached too.
     """
     variant = "plain" if phi is None else "warp:" + affine_spec.model_dump_json() + ":" + _tensor_digest(phi)
+    policy = precision.resolve(precision_name, "channels_last", device)
+    variant += "" if policy.dtype is None else f":{policy.name}"  # bf16 features are cached apart from fp32 ones
     key = content_key(source, images, variant)
     path = source.eval_dir / "cache" / f"{slug(tag)}-{key[:16]}.safetensors"
     if use_cache and (hit := _read_cache(path, key, len(images))) is not None:
         if advance is not None:
             advance(len(images))
         return hit, True
-    h = extract(backbone, images, batch_size, device, phi, affine_spec, advance)  # (N, F)
+    h = extract(backbone, images, batch_size, device, phi, affine_spec, advance, precision_name)  # (N, F)
     if use_cache:
         meta = {
             "format": FEATURES_FORMAT,

@@ -3,7 +3,7 @@
 A method is an nn.Module built as `cls(spec, backbone, feat_dim)` with
 `forward(h1, h2, v1, v2) -> StepOut` (h: backbone features, v: the views' images),
 `embed(h) -> z` (projector output as its loss sees it) and `after_step(backbone, progress)`.
-The backbone is passed in, never stored (BYOL keeps a separate EMA copy).
+The backbone is passed in, never stored (BYOL and MoCo v3 keep a separate EMA copy).
 """
 
 from torch import nn
@@ -11,10 +11,20 @@ from torch import nn
 from affssl.methods.barlow import BarlowTwins
 from affssl.methods.base import StepOut
 from affssl.methods.byol import BYOL
+from affssl.methods.mocov3 import MoCoV3
 from affssl.methods.simclr import SimCLR
+from affssl.methods.simsiam import SimSiam
+from affssl.methods.vicreg import VICReg
 from affssl.spec import MethodSpec
 
-METHODS: dict[str, type[nn.Module]] = {"simclr": SimCLR, "byol": BYOL, "barlow": BarlowTwins}
+METHODS: dict[str, type[nn.Module]] = {
+    "simclr": SimCLR,
+    "byol": BYOL,
+    "barlow": BarlowTwins,
+    "vicreg": VICReg,
+    "mocov3": MoCoV3,
+    "simsiam": SimSiam,
+}
 
 
 def build_method(spec: MethodSpec, backbone: nn.Module, feat_dim: int) -> nn.Module:

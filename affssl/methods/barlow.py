@@ -9,9 +9,11 @@ from torch import Tensor, nn
 from affssl.distributed import gather
 from affssl.heads import mlp
 from affssl.methods.base import StepOut
+from affssl.precision import fp32
 from affssl.spec import BarlowSpec
 
 
+@fp32
 def barlow_loss(z1: Tensor, z2: Tensor, lambda_offdiag: float) -> Tensor:
     """Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij², C the (D, D) cross-correlation of batch-standardised z1, z2 (N, D).
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -11,18 +10,16 @@ from torch import Tensor, nn
 
 from affssl.heads import mlp
 from affssl.methods.base import StepOut
+from affssl.methods.momentum import ema_tau, ema_update
+from affssl.precision import fp32
 from affssl.spec import BYOLSpec
 
 
+@fp32
 def byol_loss(p1: Tensor, p2: Tensor, t1: Tensor, t2: Tensor) -> Tensor:
     """Symmetrised 2 − 2·cos(p, t): online predictions p (N, D) against the other view's targets t."""
     term = lambda p, t: (2 - 2 * F.cosine_similarity(p, t.detach(), dim=1)).mean()  # noqa: E731
     return term(p1, t2) + term(p2, t1)
-
-
-def ema_tau(tau_base: float, progress: float) -> float:
-    """τ = 1 − (1 − τ_base)·(cos(π·progress) + 1)/2: τ_base at the start, 1 at the end."""
-    return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
 
 
 class BYOL(nn.Module):
@@ -46,13 +43,7 @@ class BYOL(nn.Module):
             t2 = self.target_projector(self.target_backbone(v2))
         return StepOut(byol_loss(self.predictor(z1), self.predictor(z2), t1, t2), z1, z2)
 
-    @torch.no_grad()
     def after_step(self, backbone: nn.Module, progress: float) -> None:
         """EMA update of the target towards the online backbone and projector."""
-        tau = ema_tau(self.tau_base, progress)
-        for online, target in ((backbone, self.target_backbone), (self.projector, self.target_projector)):
-            online_params = list(online.parameters())
-            target_params = list(target.parameters())
-            torch._foreach_lerp_(target_params, online_params, 1 - tau)
-            for b_online, b_target in zip(online.buffers(), target.buffers(), strict=True):
-                b_target.copy_(b_online)
+        pairs = ((backbone, self.target_backbone), (self.projector, self.target_projector))
+        ema_update(pairs, ema_tau(self.tau_base, progress))

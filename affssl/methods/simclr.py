@@ -9,9 +9,11 @@ from torch import Tensor, nn
 from affssl.distributed import gather
 from affssl.heads import mlp
 from affssl.methods.base import StepOut
+from affssl.precision import fp32
 from affssl.spec import SimCLRSpec
 
 
+@fp32
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """Normalised-temperature cross entropy. z1, z2: (N, D) paired rows → scalar, mean over 2N anchors.
 

@@ -1,0 +1,131 @@
+"""An ablation's summary: summary.md and the terminal's rich tables, from ablate_results' statistics.
+
+Per metric, one row per variant: mean ± 95 % CI, the gain over the base with Welch's p and its
+Holm-adjusted value, with --match-time the reference's gain over the equal-time base (Holm p), the
+gain over the reference, and training cost. The floor rows (untrained encoder) carry no comparison.
+Then, when the equivariance probe ran, the module's effect on R² per component with its Welch 95 %
+interval, and the time ratios that set the equal-time runs' epochs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+from affssl.ablate import Ablation, PlannedRun
+from affssl.ablate_results import Row, Unit, VariantStats, component_r2, unit_label
+from affssl.stats import Comparison, fmt, fmt_p
+
+BASE_COLUMNS = ("variant", "n", "mean ± 95 % CI", "Δ vs base (rel.)", "p vs base", "Holm p vs base")
+EQUAL_COLUMNS = ("Δ vs equal time (rel.)", "Holm p vs equal time")
+TAIL_COLUMNS = ("Δ vs all (rel.)", "p vs all", "train s", "img/s")
+
+
+def digits_of(metric: str) -> int:
+    return 3 if metric.startswith("affine-") else 2
+
+
+def name_of(s: VariantStats, mark: str = " (all)") -> str:
+    return s.variant.name + (mark if s.variant.reference else "")
+
+
+def cells(s: VariantStats, digits: int = 2, equal: bool = False) -> list[str]:
+    def delta(c: Comparison | None) -> str:
+        return "—" if c is None else f"{fmt(c.gain, digits, signed=True)} ({fmt(100 * c.relative, 1, signed=True)} %)"
+
+    mean = f"{fmt(s.summary.mean, digits)} ± {fmt(s.summary.ci95, digits)}"
+    row = [name_of(s), str(s.summary.n), mean, delta(s.vs_base), fmt_p(s.vs_base.p) if s.vs_base else "—",
+           fmt_p(s.p_holm_base)]  # fmt: skip
+    if equal:
+        row += [delta(s.vs_equal), fmt_p(s.p_holm_equal)]
+    img_s = "—" if s.variant.kind == "floor" else f"{s.img_per_s:.0f}"
+    return [*row, delta(s.vs_ref), fmt_p(s.vs_ref.p) if s.vs_ref else "—", f"{s.wall_s:.1f}", img_s]
+
+
+def _table(header: tuple[str, ...], body: list[list[str]]) -> list[str]:
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
+    return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(r) + " |" for r in body)]
+
+
+def write_summary(path: Path, ablation: Ablation, tables: dict[str, list[VariantStats]], unit: Unit, n_runs: int,
+                  n_planned: int, rows: list[Row] = (), planned: list[PlannedRun] = ()) -> Path:  # fmt: skip
+    ev = ablation.eval
+    axes = "; ".join(f"{a} {','.join(v)}" for a, v in ablation.axes) or "—"
+    sample = (
+        "one value per pretraining seed (the run's mean over its probe trials)"
+        if unit == "seed"
+        else "every linear-probe trial of every run (paper §2.4: repeated probes of one checkpoint)"
+    )
+    lines = [
+        f"# Ablation{f' — preset {ablation.preset}' if ablation.preset else ''}",
+        "",
+        f"- bases: {', '.join(ablation.bases)}; components: {', '.join(ablation.components)} "
+        f"({ablation.subsets}); axes: {axes}; seeds: {', '.join(map(str, ablation.seeds))}",
+        f"- evaluation: {', '.join(ev.protocols)}; linear-probe trials {ev.trials}; probe limit {ev.limit or '—'}",
+        f"- runs finished: {n_runs} of {n_planned}",
+        f"- samples: {sample}",
+        "- mean ± half-width of the two-sided 95 % Student-t interval; p: Welch's two-sided t-test "
+        "(scipy.stats.ttest_ind, equal_var=False); Δ: difference of means, relative gain in parentheses",
+        "- vs base: against the same base method without the affine module; vs all: against the variant with "
+        "all listed components and each axis at its first value, marked (all)",
+        "- Holm p: Holm–Bonferroni adjusted over the family of its column (every + affine variant vs its base; "
+        "every (all) variant vs its equal-time base)",
+        "- —: not computable (fewer than two samples, or no spread on either side)",
+    ]
+    if ablation.floor:
+        lines.append("- <base>/floor: the untrained encoder of the base's spec and seeds (BatchNorm statistics "
+                     "settled on ≤ 2,000 training images; affssl.floor): the score of training nothing")  # fmt: skip
+    if ablation.match_time:
+        lines.append("- <base>/base-equal-time: the base trained for round(epochs × t_affine / t_base) epochs, "
+                     "t: measured training seconds of the base and the (all) + affine run of a seed")  # fmt: skip
+    equal = ablation.match_time
+    header = BASE_COLUMNS + (EQUAL_COLUMNS if equal else ()) + TAIL_COLUMNS
+    for metric, stats in tables.items():
+        lines += ["", f"## {metric} ({unit_label(metric)})", ""]
+        lines += _table(header, [cells(s, digits_of(metric), equal) for s in stats])
+    stems = [m.removesuffix("-r2") for m in tables if m.startswith("affine-") and m.endswith("-r2")]
+    for stem in stems:
+        effects = component_r2(list(planned), list(rows), stem)
+        if effects:
+            lines += ["", f"## {stem}: R² per component, base vs + affine (all) (one value per run)", ""]
+            body = [[b, c, f"{fmt(x.mean, 3)} ± {fmt(x.ci95, 3)}", f"{fmt(y.mean, 3)} ± {fmt(y.ci95, 3)}",
+                     f"{fmt(d.gain, 3, signed=True)} ± {fmt(d.ci95, 3)}", fmt_p(d.p)]
+                    for b, c, x, y, d in effects]  # fmt: skip
+            lines += _table(("base", "component", "base R²", "+ affine R²", "Δ ± Welch 95 % CI", "p"), body)
+    matched = [r for r in rows if r.variant.kind == "equal-time"]
+    if matched:
+        lines += ["", "## Equal-time runs", ""]
+        body = [[r.variant.name, str(r.seed), r.spec_fields["time_ratio"] or "—", r.spec_fields["epochs"],
+                 f"{r.wall_s:.1f}"] for r in matched]  # fmt: skip
+        lines += _table(("variant", "seed", "time ratio t_affine / t_base", "epochs", "train s"), body)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def rich_table(metric: str, stats: list[VariantStats]) -> Table:
+    """The terminal's view: mean ± CI, relative gains in %, Welch p (Holm); numbers are never truncated."""
+    digits = digits_of(metric)
+    equal = any(s.vs_equal is not None for s in stats)
+
+    def rel(c: Comparison | None) -> str:
+        return "—" if c is None else f"{fmt(100 * c.relative, 1, signed=True)}%"
+
+    rows = []
+    for s in stats:
+        mean = f"{fmt(s.summary.mean, digits)} ± {fmt(s.summary.ci95, digits)}"
+        p_base, p_ref = (fmt_p(c.p) if c else "—" for c in (s.vs_base, s.vs_ref))
+        row = [name_of(s, "*"), str(s.summary.n), mean, rel(s.vs_base), p_base, fmt_p(s.p_holm_base)]
+        rows.append(row + ([rel(s.vs_equal), fmt_p(s.p_holm_equal)] if equal else []) + [rel(s.vs_ref), p_ref])
+    caption = ("CI: 95 % t-interval half-width; *: all listed components, the 'vs all' reference; p: Welch t-test; "
+               "Holm: Holm–Bonferroni adjusted")  # fmt: skip
+    table = Table(title=f"{metric} ({unit_label(metric)})", caption=caption, header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+    headers = ("variant", "n", "mean ± CI", "vs base", "p", "Holm") + (("vs equal t", "Holm") if equal else ())
+    for i, header in enumerate((*headers, "vs all", "p")):
+        width = max(len(header), *(len(r[i]) for r in rows)) if rows else len(header)
+        table.add_column(header, justify="left" if i == 0 else "right", min_width=width, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    return table

@@ -1,0 +1,119 @@
+"""How a run stops early without losing work: the divergence guard and the preemption signals.
+
+Divergence: a loss that is not finite (or above `train.max_loss`) ends the run with one line
+(`Diverged`, exit code 2). The engine checks before the backward pass, so the optimizer never
+steps on that loss, and it saves nothing afterwards: RUN/last.safetensors keeps the last finite
+state.
+
+Preemption: SIGTERM, SIGINT and SIGUSR1 only set a flag. The engine finishes the step it is on,
+writes a step checkpoint and raises `Preempted`, whose exit code is 128 + the signal number
+(143 for SIGTERM, 130 for SIGINT, 138 for SIGUSR1), as a shell reports a process the signal
+killed. A second SIGINT interrupts at once; the checkpoint on disk is intact either way.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from affssl import runs
+from affssl.errors import UserError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class Diverged(UserError):
+    """The loss (or the weights) stopped being finite, or the loss passed train.max_loss."""
+
+
+class Preempted(UserError):
+    """A stop signal arrived; a step checkpoint was written and the run can be resumed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """Within `with`: record the first stop signal instead of dying; the previous handlers return on exit.
+
+    Handlers can only be installed from the main thread; elsewhere (a run started from a worker
+    thread) the signals keep their previous meaning.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0  # 0: none yet
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum = self.signum or signum
+
+
+class DivergenceGuard:
+    """Watches every step's loss on the device; `seen` is a float flag (0/1) that only ever rises.
+
+    `observe` is a few device ops and never waits for the device, so the engine chooses when to
+    read the flag: on CPU every step (reading a CPU tensor costs nothing), on CUDA at the steps
+    it syncs anyway (log lines, checkpoints), since a per-step read would stall the kernel queue.
+    Between two reads on CUDA, a fused optimizer skips its updates once the flag is up (`protect`:
+    the `found_inf` input GradScaler uses), so the weights stay those of the last finite step.
+    """
+
+    def __init__(self, max_loss: float | None, device: torch.device):
+        self.max_loss = math.inf if max_loss is None else max_loss
+        self.seen = torch.zeros((), device=device)  # 1.0 once a bad loss was observed
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)  # the first bad step
+        self.values: Tensor | None = None  # (K,) the loss terms at that step
+        self.names: tuple[str, ...] = ()
+
+    def observe(self, step: int, parts: dict[str, Tensor]) -> None:
+        values = torch.stack([v.detach().float() for v in parts.values()])  # (K,)
+        loss = parts["loss"].detach().float()
+        bad = ~torch.isfinite(loss) | (loss > self.max_loss)
+        first = bad & (self.seen == 0)
+        self.step = torch.where(first, step, self.step)
+        self.values = values if self.values is None else torch.where(first, values, self.values)
+        self.names = tuple(parts)
+        torch.maximum(self.seen, bad.float(), out=self.seen)  # in place: `protect` holds this tensor
+
+    def protect(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make a fused optimizer skip its step while the flag is up (other optimizers cannot)."""
+        if optimizer.defaults.get("fused"):
+            optimizer.found_inf = self.seen
+
+    def error(self, lr: float) -> Diverged:
+        """The one line for the first bad step seen here (another process may have seen it instead)."""
+        fix = f"lower optim.lr (now {lr:g}) and start a new run"
+        if self.values is None or int(self.step) < 0:
+            return Diverged(f"the loss diverged in another process; nothing after the last finite step was "
+                            f"saved; {fix}")  # fmt: skip
+        terms = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.names, self.values.tolist(), strict=True))
+        loss = float(self.values[self.names.index("loss")])
+        what = "is not finite" if not math.isfinite(loss) else f"passed train.max_loss {self.max_loss:g}"
+        return Diverged(f"the loss {what} at step {int(self.step) + 1} ({terms}); nothing after the last finite "
+                        f"step was saved; {fix}")  # fmt: skip
+
+
+def preempted(signum: int, run: Path, step: int, epoch: int) -> Preempted:
+    """The one line after a stop signal: where the run is and how to go on."""
+    return Preempted(f"stopped by {signal.Signals(signum).name} after step {step} (epoch {epoch}); "
+                     f"{run / runs.LAST} holds that state; continue with `affssl pretrain --resume --out {run}`",
+                     signum)  # fmt: skip
