@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from affssl.errors import UserError
+from affssl.errors import UserError, write_failed
 
 TRAIN_FORMAT = "affssl.train/1"
 BACKBONE_FORMAT = "affssl.backbone/1"
@@ -28,20 +28,27 @@ class CheckpointError(UserError):
 
 
 def save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """Write tensors and string metadata atomically (temp file + os.replace in the same folder)."""
+    """Write tensors and string metadata atomically (temp file + os.replace in the same folder).
+
+    A failed write (full disk, read-only folder) removes the temp file, leaves the previous file at
+    `path` as it was, and raises a one-line UserError naming the path and the free space.
+    """
     from affssl import __version__
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"affssl_version": __version__, "torch_version": torch.__version__, **metadata}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         save_file(tensors, tmp, metadata=header)
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        raise write_failed(path, err) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -78,12 +85,15 @@ def load(path: Path, expect: str | None = None) -> tuple[dict[str, Tensor], dict
 
 def spec_of(header: dict[str, str], path: Path):
     """The RunSpec stored in a checkpoint header."""
-    from affssl.spec import RunSpec
+    from pydantic import ValidationError
+
+    from affssl.spec import RunSpec, describe
 
     try:
         return RunSpec.model_validate_json(header["spec"])
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path} carries no valid affssl spec ({err}); was it written by affssl?") from None
+    except (KeyError, ValidationError) as err:  # one line: pydantic's own message spans several
+        why = describe(err) if isinstance(err, ValidationError) else "no spec in the header"
+        raise CheckpointError(f"{path} carries no valid affssl spec ({why}); was it written by affssl?") from None
 
 
 def with_prefix(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -4,9 +4,12 @@
 from sklearn's digits (offline default), six torchvision data sets, Caltech-101, or any image folder
 (layouts in affssl.folders, files decoded by affssl.decode). Decoding happens once: the full data is
 cached as safetensors under a sha256 key of the source's identity (paths, sizes, mtimes), the image
-size and a format version, so an edit to the source invalidates it. `--limit` is applied after the
-cache, stratified and seeded. Randomness takes explicit Generators. Downloads (torchvision data
-sets, Caltech-101) are attempted only when AFFSSL_OFFLINE is not 1.
+size and a format version, so an edit to the source invalidates it. The cached images are
+memory-mapped, not read: the pixels live once in the page cache, shared by every process of the
+node that maps the file (under torchrun the node's local rank 0 decodes and writes it while the
+other ranks wait, then all map it). `--limit` is applied after the cache, stratified and seeded (a
+copy of the subset only). Randomness takes explicit Generators. Downloads (torchvision data sets,
+Caltech-101) are attempted only when AFFSSL_OFFLINE is not 1.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,10 +29,10 @@ import torch
 import torchvision
 from rich.console import Console
 from rich.progress import Progress
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
 from torch import Tensor
 
+from affssl import distributed
 from affssl.decode import decode_files, square
 from affssl.folders import (
     CALTECH101_SKIP,
@@ -43,6 +45,7 @@ from affssl.folders import (
     scan_folder,
 )
 from affssl.spec import DataSpec
+from affssl.tensorfile import map_tensors, write_atomic
 
 FORMAT_VERSION = 1  # bump when the decoded content changes, so old cache files are not reused
 TORCHVISION: dict[str, str] = {  # --dataset name → torchvision.datasets class
@@ -80,15 +83,26 @@ def cache_dir(spec: DataSpec) -> Path:
 def load_dataset(spec: DataSpec, seed: int = 0, progress: bool = False) -> Dataset:
     """Load, resize to spec.image_size_px, apply spec.limit to train (stratified, seeded by `seed`)."""
     source, identify, build = _plan(spec, progress)
-    loaded = _read_cache(_cache_path(spec, source, identify()), spec.image_size_px) if spec.cache else None
-    if loaded is None:
-        loaded = build()
-        if spec.cache:  # identify again: a download may have just created the source files
-            _write_cache(_cache_path(spec, source, identify()), *loaded)
-    train, test, classes = loaded
+    train, test, classes = _through_cache(spec, source, identify, build) if spec.cache else build()
     if spec.limit is not None:
         train = subset(train, spec.limit, seed)
     return Dataset(name=spec.dataset, train=train, test=test, classes=classes)
+
+
+def _through_cache(spec: DataSpec, source: str, identify: Callable[[], object], build: Callable[[], Loaded]) -> Loaded:
+    """The cached data, memory-mapped; on a miss build it, write the cache and map that.
+
+    Under torchrun the node's local rank 0 goes first; the others wait at a barrier, then map the
+    file it wrote (or, if it could not write one, build their own). Every rank passes the barrier
+    once, also when local rank 0 fails, so its error reaches every rank instead of a hang.
+    """
+    with distributed.local_rank0_first():
+        if (loaded := _read_cache(_cache_path(spec, source, identify()), spec.image_size_px)) is not None:
+            return loaded
+        loaded = build()
+        path = _cache_path(spec, source, identify())  # identify again: a download may have created the files
+        _write_cache(path, *loaded)
+        return _read_cache(path, spec.image_size_px) or loaded  # the map, so the decoded copy can go
 
 
 def _plan(spec: DataSpec, progress: bool) -> tuple[str, Callable[[], object], Callable[[], Loaded]]:
@@ -215,14 +229,13 @@ def _cache_path(spec: DataSpec, source: str, identity: object) -> Path:
 
 
 def _read_cache(path: Path, size: int) -> Loaded | None:
-    """The cached data, or None when absent, corrupt or malformed (the caller then rewrites it)."""
+    """The cached data (images mapped, not copied), or None when absent, corrupt or malformed."""
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            classes = tuple(json.loads(f.metadata()["classes"]))
-            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        t, meta = map_tensors(path)
+        classes = tuple(json.loads(meta["classes"]))
+    except (OSError, KeyError, TypeError, ValueError):
         return None
     splits = [Split(t[f"images_{p}"], t.get(f"labels_{p}")) if f"images_{p}" in t else None for p in ("train", "test")]
     for s in filter(None, splits):  # a foreign or hand-edited file counts as corrupt
@@ -233,21 +246,13 @@ def _read_cache(path: Path, size: int) -> Loaded | None:
 
 
 def _write_cache(path: Path, train: Split, test: Split | None, classes: tuple[str, ...]) -> None:
-    """Atomic: write a temp file in the same folder, then rename it into place."""
+    """Write the cache atomically; a failure (full disk, read-only folder) only warns: training goes on."""
     tensors: dict[str, Tensor] = {}
     for part, split in (("train", train), ("test", test)):
         for kind, t in (("images", split and split.images), ("labels", split and split.labels)):
             if t is not None:
-                tensors[f"{kind}_{part}"] = t.contiguous()
+                tensors[f"{kind}_{part}"] = t
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as err:
-        warnings.warn(f"decode cache not written ({err}); set data.root to a writable folder", stacklevel=3)
-        return
-    try:
-        save_file(tensors, tmp, metadata={"classes": json.dumps(list(classes)), "format": str(FORMAT_VERSION)})
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        write_atomic(path, tensors, {"classes": json.dumps(list(classes)), "format": str(FORMAT_VERSION)})
+    except (OSError, SafetensorError) as err:
+        warnings.warn(f"decode cache {path} not written ({err}); set data.root to a writable folder", stacklevel=3)

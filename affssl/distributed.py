@@ -13,7 +13,9 @@ one process on the whole batch (tests/test_distributed.py checks loss, gradients
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -30,6 +32,11 @@ def rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def local_rank() -> int:
+    """This process's index on its node (torchrun's LOCAL_RANK); 0 in one process."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if world_size() > 1 else 0
 
 
 def gather(x: Tensor) -> Tensor:
@@ -177,6 +184,23 @@ def setup() -> None:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def local_rank0_first() -> Iterator[None]:
+    """Local rank 0 runs the block first, the node's other ranks after it (every rank passes one barrier).
+
+    The barrier is passed also when rank 0's block raises, so the others go on (and meet the same
+    error themselves) instead of waiting for ever. One process: just the block.
+    """
+    first = local_rank() == 0
+    if not first:
+        barrier()
+    try:
+        yield
+    finally:
+        if first:
+            barrier()
 
 
 def teardown() -> None:

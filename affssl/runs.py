@@ -4,22 +4,30 @@ RUN/spec.json          resolved spec, written before training starts
 RUN/metrics.jsonl      one JSON object per logged interval and per epoch
 RUN/last.safetensors   latest checkpoint; RUN/epoch-NNNN.safetensors every N epochs
 RUN/eval/*.json        results written by `affssl eval`
+RUN/.lock              present while a command writes the run (affssl.runlock)
+
+A write that fails (full disk, read-only folder) ends in one line naming the file and the free
+space; spec.json is replaced atomically and a metrics line is either appended whole or not at all.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
-from affssl.errors import UserError
+from affssl.errors import UserError, write_failed
 from affssl.spec import RunSpec
 
 SPEC = "spec.json"
 METRICS = "metrics.jsonl"
 LAST = "last.safetensors"
 EVAL = "eval"
+LOCK = ".lock"
 
 
 def epoch_checkpoint(run: Path, epoch: int) -> Path:
@@ -35,7 +43,7 @@ def prepare(run: Path, resume: bool, overwrite: bool) -> None:
     """Check that `run` may be written: new or empty, or --resume / --overwrite given."""
     if run.exists() and not run.is_dir():
         raise UserError(f"--out {run} is a file; name a folder")
-    busy = run.is_dir() and any(run.iterdir())
+    busy = run.is_dir() and any(p.name != LOCK for p in run.iterdir())  # the lock is this command's own
     if resume:
         if not (run / LAST).is_file():
             raise UserError(f"nothing to resume in {run}: no {LAST}; drop --resume to start a new run")
@@ -43,19 +51,48 @@ def prepare(run: Path, resume: bool, overwrite: bool) -> None:
     if busy and not overwrite:
         raise UserError(f"{run} already holds files; pass --resume to continue it, --overwrite to replace it, "
                         "or another --out")  # fmt: skip
-    if busy and overwrite:
-        for child in run.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        if busy and overwrite:
+            for child in (p for p in run.iterdir() if p.name != LOCK):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_failed(run, err) from None
 
 
 def write_spec(run: Path, spec: RunSpec) -> None:
-    (run / SPEC).write_text(spec.model_dump_json(indent=2) + "\n")
+    """RUN/spec.json, replaced atomically (a failed write leaves the previous file)."""
+    path, tmp = run / SPEC, None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{SPEC}.", suffix=".tmp", dir=run)
+        with os.fdopen(fd, "w") as f:
+            f.write(spec.model_dump_json(indent=2) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the spec from other users
+        os.replace(tmp, path)
+    except OSError as err:
+        raise write_failed(path, err) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def append_metrics(run: Path, record: dict) -> None:
-    with open(run / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one JSON line with one write; on a failed or short write the file is cut back to its end."""
+    path, line = run / METRICS, (json.dumps(record) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "short write")
+            except OSError:
+                os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise write_failed(path, err) from None
 
 
 def read_metrics(run: Path) -> list[dict]:

@@ -209,6 +209,24 @@ class RunSpec(_Spec):
         return self
 
 
+# Fields `pretrain --resume` may change: how long, where and how often a run trains, logs and saves,
+# and where its data cache lives; never what it learns from or how. Other fields may be repeated.
+_RESUMABLE_TRAIN = ("epochs", "device", "log_every", "checkpoint_every", "checkpoint_every_steps", "max_loss")
+RESUMABLE: tuple[str, ...] = (
+    *(f"train.{n}" for n in _RESUMABLE_TRAIN if n in TrainSpec.model_fields),
+    "data.root",
+    "data.cache",
+)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested spec tree as {dotted field: leaf value}."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        flat |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return flat
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading: TOML (a path or a bundled preset) + dotted overrides → validated RunSpec
 
@@ -261,7 +279,7 @@ def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
     if isinstance(tree.get("method"), dict):
         tree["method"].setdefault("name", "simclr")
         name = tree["method"]["name"]
-        if name not in METHOD_SPECS:
+        if not isinstance(name, str) or name not in METHOD_SPECS:  # a list or table is no name (found by fuzzing)
             raise SpecError(f"unknown base method {name!r}; choose one of {', '.join(METHOD_SPECS)}")
     try:
         return RunSpec.model_validate(tree)

@@ -103,3 +103,10 @@ def test_toml_file_and_errors(tmp_path):
         load_spec(bad)
     with pytest.raises(SpecError, match="does not exist"):
         load_spec(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("name", ["[1]", "{a = 1}", "3"])
+def test_method_name_of_another_type_is_a_spec_error(name):
+    """Found by tests/test_fuzz.py: a list or table as method.name crashed the name lookup."""
+    with pytest.raises(SpecError, match="unknown base method"):
+        load_spec(None, [f"method.name={name}"])
