@@ -157,7 +157,7 @@ class TrainSpec(_Spec):
         1e6,
         gt=0,
         description="stop the run when the loss passes this (a non-finite loss always stops it); the bases' losses "
-        "stay below ~1e4 and the affine MSE near 1, so 1e6 only catches a run that has diverged; None: off",
+        "stay below ~1e4 and the affine MSE near 1, so 1e6 only catches a run that has diverged; inf: off",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32"

@@ -167,7 +167,7 @@ def test_extract_is_eval_mode_forward(tiny_checkpoint):
     source = features.open_source(tiny_checkpoint)
     backbone = features.build_from(source, features.backbone_tensors(source))
     images = _images(10).images
-    got = features.extract(backbone, images, batch_size=4, device=torch.device("cpu"))
+    got = features.extract(backbone, images, batch_size=4, device=torch.device("cpu"), precision_name="fp32")
     with torch.no_grad():
         want = backbone.eval()(images.float() / 255)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

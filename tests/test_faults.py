@@ -64,6 +64,7 @@ def test_nonfinite_loss_stops_at_that_step_and_keeps_the_last_finite_checkpoint(
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["pretrain", "--no-progress", "--out", str(out), "--set", "optim.name=sgd",
                                       "--set", "optim.lr=1e4", "--set", "train.checkpoint_every_steps=1",
+                                      "--set", "train.max_loss=inf",  # the non-finite check alone
                                       *[a for o in TINY for a in ("--set", o)]])  # fmt: skip
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]

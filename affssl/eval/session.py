@@ -55,6 +55,11 @@ class Session:
                 self.source, dataset, seed=seed, limit=limit, need_labels=need_labels, data=data, progress=progress
             )
 
+    @property
+    def precision(self) -> str:
+        """The training run's precision policy (train.precision); an export without a spec: auto."""
+        return self.source.spec.train.precision if self.source.spec is not None else "auto"
+
     def split(self, which: str):
         return self.data.train if which == "train" else self.data.test
 
@@ -79,6 +84,7 @@ class Session:
                 phi=phi,
                 affine_spec=affine_spec,
                 advance=advance,
+                precision_name=self.precision,
             )
         self.cache_state[tag] = "off" if not self.use_cache else ("hit" if hit else "miss")
         return h
@@ -111,7 +117,12 @@ class Session:
             },
             "seeds": seeds,
             "result": result,
-            "options": {"batch_size": self.batch_size, "device": str(self.device), **options},
+            "options": {
+                "batch_size": self.batch_size,
+                "device": str(self.device),
+                "precision": self.precision,
+                **options,
+            },
             "cache": self.cache_state,
             "timing_s": {k: round(v, 3) for k, v in self.timing.items()},
             "spec": json.loads(src.spec.model_dump_json()) if src.spec is not None else None,
