@@ -1,9 +1,13 @@
 """Image files → (N, 3, S, S) uint8 tensors: batched JPEG decoding, a PIL fallback, resize and centre crop.
 
 Files are read and decoded in chunks (bounded memory for large images); all JPEGs of a chunk go
-through one torchvision `decode_jpeg` call, anything else through `decode_image` or PIL. Each
-group of equal-size images is resized in one call. Unreadable files are reported, not raised:
-the caller (affssl.data) names them all in one error.
+through one torchvision `decode_jpeg` call, PNGs through PIL, anything else through `decode_image`
+or PIL. Each group of equal-size images is resized in one call. Unreadable files are reported, not
+raised: the caller (affssl.data) names them all in one error.
+
+Why not torchvision for PNG: its libpng decoder writes "libpng error: …" to stderr itself, and on a
+corrupt IDAT stream it crashes the process (SIGSEGV, torchvision 0.29). PIL's pixels are the same
+(tests compare every PNG colour type and bit depth with torchvision's).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngImageFile
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHUNK_FILES, _CHUNK_BYTES = 1024, 32 << 20  # decode in batches; bounds memory for large images
 Entry = tuple[str, int, int]  # (path, size, mtime_ns)
 
@@ -77,10 +83,16 @@ def _decode_chunk(pending: list[tuple[str, bytes | str]], out: Tensor, failures:
 
 
 def _decode_one(path: str, raw: Tensor | str, failures: list) -> Tensor | None:
-    """torchvision.io, else PIL (BMP); None, with (path, reason) added to failures, when neither reads it."""
+    """PIL for PNG, else torchvision.io, else PIL (BMP); None, with (path, reason) added to failures, when unread."""
     if not isinstance(raw, Tensor):
         failures.append((path, raw or "empty file"))
         return None
+    if raw[: len(PNG_SIGNATURE)].numpy().tobytes() == PNG_SIGNATURE:
+        try:
+            return decode_png(raw.numpy().tobytes())
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's PNG reader raises SyntaxError for a bad chunk
+            failures.append((path, str(err) or type(err).__name__))
+            return None
     try:
         return TF.to_dtype(decode_image(raw, mode=ImageReadMode.RGB), torch.uint8, scale=True)  # 16-bit PNG
     except RuntimeError as err:
@@ -91,3 +103,16 @@ def _decode_one(path: str, raw: Tensor | str, failures: list) -> Tensor | None:
     except (OSError, ValueError):
         failures.append((path, reason))
         return None
+
+
+def decode_png(data: bytes) -> Tensor:
+    """PNG bytes → (3, h, w) uint8 through PIL, as torchvision's decode_image(RGB) + to_dtype(scale=True) gives them.
+
+    PngImageFile, not Image.open: Image.open hides the reason ("cannot identify image file") and warns on
+    very large images, which torchvision reads silently.
+    """
+    with PngImageFile(io.BytesIO(data)) as im:
+        if im.mode.startswith("I"):  # 16-bit grey: the high byte, as to_dtype(scale=True) keeps
+            grey = torch.from_numpy((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8))  # (h, w)
+            return grey.expand(3, -1, -1).contiguous()  # (3, h, w)
+        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, h, w)

@@ -97,7 +97,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
         position = read_position(run / runs.LAST, header, tensors, device)
         if distributed.is_main():  # lines past the checkpoint are replayed, not duplicated
             kept = [r for r in runs.read_metrics(run) if r.get("step", 0) <= int(header["step"])]
-            (run / runs.METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
+            runs.rewrite_metrics(run, kept)
     elif distributed.is_main():
         run.mkdir(parents=True, exist_ok=True)
         runs.write_spec(run, spec)

@@ -7,7 +7,8 @@ RUN/eval/*.json        results written by `affssl eval`
 RUN/.lock              present while a command writes the run (affssl.runlock)
 
 A write that fails (full disk, read-only folder) ends in one line naming the file and the free
-space; spec.json is replaced atomically and a metrics line is either appended whole or not at all.
+space; spec.json (and metrics.jsonl, cut back on resume) is replaced atomically, and a metrics line
+is either appended whole or not at all.
 """
 
 from __future__ import annotations
@@ -62,12 +63,22 @@ def prepare(run: Path, resume: bool, overwrite: bool) -> None:
 
 def write_spec(run: Path, spec: RunSpec) -> None:
     """RUN/spec.json, replaced atomically (a failed write leaves the previous file)."""
-    path, tmp = run / SPEC, None
+    _replace(run / SPEC, spec.model_dump_json(indent=2) + "\n")
+
+
+def rewrite_metrics(run: Path, records: list[dict]) -> None:
+    """RUN/metrics.jsonl replaced atomically by `records` (on resume: the lines up to the checkpoint)."""
+    _replace(run / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `text` to a temp file beside `path`, then os.replace it; a failed write leaves the previous file."""
+    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{SPEC}.", suffix=".tmp", dir=run)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w") as f:
-            f.write(spec.model_dump_json(indent=2) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the spec from other users
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
     except OSError as err:
         raise write_failed(path, err) from None

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,8 @@ runner = CliRunner()
 TINY = ["--set", "backbone.width=4", "--set", "data.image_size_px=16", "--batch-size", "32", "--limit", "32",
         "--epochs", "1", "--device", "cpu"]  # fmt: skip
 PROBE = ["--eval-trials", "1", "--eval-limit", "50", "--eval-max-iter", "50"]
+HOLDER = "import sys; from pathlib import Path; from affssl import runlock\n" \
+         "with runlock.hold(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()\n"  # fmt: skip
 ACCEPTANCE = ["ablate", "--components", "scale,shear", "--base", "simclr", "--seeds", "2", "--no-floor", *TINY, *PROBE]
 
 
@@ -301,6 +306,26 @@ def test_stale_eval_is_redone_without_retraining_and_other_specs_are_refused(tmp
     refused = runner.invoke(app, [*argv, "--epochs", "3", "--eval-trials", "3", "--set", "optim.lr=0.5"])
     assert refused.exit_code == 2 and "choose another --out" in refused.output and "optim.lr" in refused.output
     assert other.trained == []
+
+
+def test_a_run_folder_written_by_a_live_process_is_refused_in_one_line(tmp_path, fakes):
+    run = tmp_path / "simclr/base/seed-0"  # the plan's first run
+    run.mkdir(parents=True)
+    (run / "partial.bin").write_bytes(b"left by the holder")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        f = fakes()
+        result = runner.invoke(app, [*FAST, "--out", str(tmp_path)])
+    finally:
+        holder.communicate("", timeout=30)
+    assert result.exit_code == 2 and f.trained == [] and "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {run} is being written by pid {holder.pid} on "), lines
+    assert lines[0].endswith("wait for it to end (or stop it), or pass another --out"), lines
+    assert (run / "partial.bin").read_bytes() == b"left by the holder"  # refused before the folder was emptied
 
 
 def test_curve_probes_periodic_checkpoints_in_their_own_folders(tmp_path, fakes):

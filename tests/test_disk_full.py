@@ -78,6 +78,23 @@ def test_failed_metrics_append_leaves_whole_lines(tmp_path, monkeypatch):
     assert runs.read_metrics(tmp_path) == [{"kind": "epoch", "epoch": 1}]
 
 
+def test_metrics_rewrite_on_resume_is_atomic(tmp_path, monkeypatch):
+    for step in (1, 2, 3):
+        runs.append_metrics(tmp_path, {"kind": "log", "step": step})
+    before = (tmp_path / runs.METRICS).read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", enospc)  # the temp file is written, the swap fails: the old file stays
+        with pytest.raises(UserError) as caught:
+            runs.rewrite_metrics(tmp_path, [{"kind": "log", "step": 1}])
+    message = str(caught.value)
+    assert "\n" not in message and f"could not write {tmp_path / runs.METRICS}" in message
+    assert "MiB free there" in message and "No space left on device" in message
+    assert (tmp_path / runs.METRICS).read_bytes() == before and no_temp_files(tmp_path)
+    runs.rewrite_metrics(tmp_path, [{"kind": "log", "step": 1}, {"kind": "log", "step": 2}])
+    assert runs.read_metrics(tmp_path) == [{"kind": "log", "step": 1}, {"kind": "log", "step": 2}]
+    assert no_temp_files(tmp_path) and (tmp_path / runs.METRICS).stat().st_mode & 0o777 == 0o644
+
+
 def test_decode_cache_write_failure_only_warns(tmp_path, monkeypatch):
     monkeypatch.setattr(tensorfile, "save_file", enospc)
     with pytest.warns(UserWarning, match="decode cache .* not written"):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import affssl.eval as evaluation
-from affssl import checkpoint, engine, floor, runs
+from affssl import checkpoint, engine, floor, runlock, runs
 from affssl.ablate import study
 from affssl.ablate.planning import EvalSettings, PlannedRun
 from affssl.checkpoint import CheckpointError
@@ -116,14 +116,16 @@ def run_state(run: PlannedRun, folder: Path, ev: EvalSettings) -> State:
 
 
 def train(run: PlannedRun, folder: Path, resume: bool, data: Dataset | None = None) -> Path:
-    if run.variant.kind == "floor":
-        runs.prepare(folder, resume=False, overwrite=True)
-        return floor.write_floor(run.spec, folder, data)
-    if resume:
-        runs.write_spec(folder, run.spec)  # a MUTABLE field (epochs, device) may have changed
-    else:
-        runs.prepare(folder, resume=False, overwrite=True)  # a killed start: replace what it left
-    return engine.pretrain(run.spec, folder, resume=resume, show_progress=False, data=data)
+    """Train (or resume) one run folder while holding its lock, as `affssl pretrain` does; a live holder refuses."""
+    with runlock.hold(folder):  # before anything in the folder is replaced
+        if run.variant.kind == "floor":
+            runs.prepare(folder, resume=False, overwrite=True)
+            return floor.write_floor(run.spec, folder, data)
+        if resume:
+            runs.write_spec(folder, run.spec)  # a MUTABLE field (epochs, device) may have changed
+        else:
+            runs.prepare(folder, resume=False, overwrite=True)  # a killed start: replace what it left
+        return engine.pretrain(run.spec, folder, resume=resume, show_progress=False, data=data)
 
 
 def evaluate(run: PlannedRun, folder: Path, ev: EvalSettings) -> None:

@@ -1,0 +1,42 @@
+"""The `affssl` command line: parse → load and validate the spec → call one library function → print.
+
+One module per command (pretrain, evaluate, export, ablate) over two shared ones: options (the
+flags and the spec they resolve to) and console (printing, and the one-line error wrapper).
+Errors a person can fix (`UserError`) end with one line on stderr and exit code 2; `--debug`
+(or AFFSSL_DEBUG=1) shows the traceback instead. Torch is imported inside the commands, so
+`affssl --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from affssl.cli import ablate, console, evaluate, export, pretrain
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Self-supervised pretraining with affine transformation estimation (Torpey & Klein, arXiv 2402.09071).",
+)
+app.command()(pretrain.pretrain)
+app.add_typer(evaluate.app, name="eval")
+app.command("export")(export.export_backbone)
+app.command()(ablate.ablate)
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    console.debug["on"] = debug or os.environ.get("AFFSSL_DEBUG") == "1"
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.err.print("interrupted")
+        sys.exit(130)

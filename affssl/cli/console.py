@@ -1,0 +1,35 @@
+"""Where the CLI prints, and how a person's mistake ends: one line on stderr and exit code 2.
+
+`--debug` (or AFFSSL_DEBUG=1) shows the traceback instead; the app's callback sets `debug`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import wraps
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from affssl.errors import UserError
+
+out = Console()
+err = Console(stderr=True)
+debug = {"on": os.environ.get("AFFSSL_DEBUG") == "1"}
+
+
+def friendly(command):
+    """Turn UserError into one line and exit code 2 (traceback only with --debug)."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            if debug["on"]:
+                raise
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(getattr(e, "exit_code", 2)) from None
+
+    return wrapper

@@ -1,0 +1,125 @@
+"""`affssl eval linear | knn | affine`: probe the frozen encoder of a checkpoint, an export, or an untrained spec.
+
+Each command rebuilds the backbone from the file's header (no --arch) and calls one of affssl.eval's
+evaluate_<protocol> functions; the record is shown as a table or, with --json, one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from affssl import runs
+from affssl.cli.console import err, friendly, out
+from affssl.cli.options import CkptArg, JsonOpt, SetOpt, resolve_spec
+from affssl.errors import UserError
+from affssl.spec import build_spec
+
+app = typer.Typer(no_args_is_help=True, help="Probe the frozen encoder of a checkpoint or export.")
+
+EvalDatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Data set to probe (default: the checkpoint's own): a name or an image folder; another one is transfer."
+    ),
+]
+EvalDeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
+EvalBatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+EvalSeedOpt = Annotated[int, typer.Option(help="Base seed of the validation splits, carved splits and φ draws.")]
+EvalLimitOpt = Annotated[int | None, typer.Option(min=1, help="Probe with N train images (stratified): quick look.")]
+CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and keep features in RUN/eval/cache.")]
+
+
+def _show(record: dict, as_json: bool) -> None:
+    from affssl.eval.report import table
+
+    if as_json:
+        typer.echo(json.dumps(record))
+    else:
+        out.print(table(record), highlight=False)
+
+
+InitOpt = Annotated[str, typer.Option(help="trained: probe CKPT; random: the untrained encoder of a spec (CKPT: "
+                                           "TOML, preset or RUN/spec.json; + --set), BatchNorm settled.")]  # fmt: skip
+
+
+def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_=None, **options) -> None:
+    """Run one of affssl.eval's evaluate_<protocol> functions and show its record."""
+    import affssl.eval
+
+    evaluate = getattr(affssl.eval, f"evaluate_{protocol}")
+    if init == "random":  # the floor: RUN/floor or floors/<spec hash>/last.safetensors (affssl.floor)
+        from affssl import floor
+
+        source = str(ckpt)
+        if Path(source).name == runs.SPEC and Path(source).is_file():
+            spec = build_spec(json.loads(Path(source).read_text()), list(set_ or []))
+        else:
+            spec = resolve_spec(source, None, list(set_ or []))
+        ckpt = floor.write_floor(spec, floor.default_folder(source, spec))
+    elif init != "trained":
+        raise UserError(f"--init {init!r}: choose trained or random")
+    elif set_:
+        raise UserError("--set applies to --init random only; a checkpoint carries its own spec")
+    _show(evaluate(ckpt, progress=err.is_terminal, **options), as_json)
+
+
+@app.command("linear")
+@friendly
+def eval_linear(
+    ckpt: CkptArg,
+    dataset: EvalDatasetOpt = None,
+    trials: Annotated[int, typer.Option(min=1, help="Trials: validation seeds seed…seed+N−1.")] = 5,
+    json_: JsonOpt = False,
+    device: EvalDeviceOpt = "auto",
+    batch_size: EvalBatchOpt = 256,
+    seed: EvalSeedOpt = 0,
+    limit: EvalLimitOpt = None,
+    cache: CacheOpt = True,
+    init: InitOpt = "trained",
+    set_: SetOpt = None,
+) -> None:
+    """The paper's linear probe: logistic regression, C chosen on a validation split of train; mean ± 95 % CI."""
+    _probe("linear", ckpt, json_, init, set_, trials=trials, dataset=dataset, seed=seed, limit=limit, device=device,
+           batch_size=batch_size, cache=cache)  # fmt: skip
+
+
+@app.command("knn")
+@friendly
+def eval_knn(
+    ckpt: CkptArg,
+    dataset: EvalDatasetOpt = None,
+    json_: JsonOpt = False,
+    device: EvalDeviceOpt = "auto",
+    batch_size: EvalBatchOpt = 256,
+    seed: EvalSeedOpt = 0,
+    limit: EvalLimitOpt = None,
+    cache: CacheOpt = True,
+    init: InitOpt = "trained",
+    set_: SetOpt = None,
+) -> None:
+    """Weighted cosine kNN (k = 20 and 200, T = 0.1) on frozen features."""
+    _probe("knn", ckpt, json_, init, set_, dataset=dataset, seed=seed, limit=limit, device=device,
+           batch_size=batch_size, cache=cache)  # fmt: skip
+
+
+@app.command("affine")
+@friendly
+def eval_affine(
+    ckpt: CkptArg,
+    dataset: EvalDatasetOpt = None,
+    json_: JsonOpt = False,
+    device: EvalDeviceOpt = "auto",
+    batch_size: EvalBatchOpt = 256,
+    seed: EvalSeedOpt = 0,
+    limit: EvalLimitOpt = None,
+    cache: CacheOpt = True,
+    init: InitOpt = "trained",
+    set_: SetOpt = None,
+) -> None:
+    """Equivariance probe: R² of φ (rotation, translation, scale, shear) from features of an image and its warp."""
+    _probe("affine", ckpt, json_, init, set_, dataset=dataset, seed=seed, limit=limit, device=device,
+           batch_size=batch_size, cache=cache)  # fmt: skip

@@ -1,0 +1,148 @@
+"""`affssl pretrain`: resolve the spec (the run's own with --resume), lock the run folder, train, print a summary."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from affssl import runlock, runs
+from affssl.cli.console import err, friendly, out
+from affssl.cli.options import (
+    AffineOpt,
+    BackboneOpt,
+    BaseOpt,
+    BatchOpt,
+    ComponentsOpt,
+    DatasetOpt,
+    DeviceOpt,
+    EpochsOpt,
+    LimitOpt,
+    SeedOpt,
+    SetOpt,
+    SpecArg,
+    flag_overrides,
+    resolve_spec,
+)
+from affssl.errors import UserError
+from affssl.spec import RESUMABLE, RunSpec, SpecError, build_spec, flatten, parse_value
+
+
+@friendly
+def pretrain(
+    spec_file: SpecArg = None,
+    base: BaseOpt = None,
+    affine: AffineOpt = None,
+    components: ComponentsOpt = None,
+    dataset: DatasetOpt = None,
+    backbone: BackboneOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<base>-<kind>-<time>).")] = (
+        None
+    ),
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the run in --out.")] = False,
+    print_spec: Annotated[bool, typer.Option(help="Print the resolved spec as TOML-ready JSON and exit.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Pretrain an encoder; writes RUN/spec.json, RUN/metrics.jsonl and RUN/last.safetensors."""
+    from affssl import distributed
+    from affssl.engine import pretrain as run_pretrain
+
+    explicit = flag_overrides(None, affine, components, dataset, backbone, epochs, batch_size, limit, seed, device)
+    explicit += list(set_ or [])
+    if resume:  # the run's own spec; flags may only repeat it or change RESUMABLE fields
+        if out_dir is None:
+            raise UserError("--resume needs --out RUN, the folder of the run to continue")
+        runs.prepare(out_dir, resume=True, overwrite=False)
+        spec = resume_spec(out_dir, spec_file, base, explicit)
+    else:
+        spec = resolve_spec(spec_file, base, explicit)
+    if print_spec:
+        out.print_json(spec.model_dump_json())
+        return
+    run = out_dir or runs.default_name(spec)
+    distributed.setup()
+    with runlock.hold(run) if distributed.is_main() else contextlib.nullcontext() as stale:
+        if stale:
+            err.print(f"note: took over the lock of a run that ended without releasing it ({escape(stale)})")
+        if distributed.is_main() and resume:
+            runs.write_spec(run, spec)  # records a changed RESUMABLE field (e.g. more epochs)
+        if distributed.is_main() and not resume:
+            runs.prepare(run, resume=False, overwrite=overwrite)
+        distributed.barrier()
+        t0 = time.perf_counter()
+        last = run_pretrain(spec, run, resume=resume, show_progress=progress)
+    if distributed.is_main():
+        summary = [r for r in runs.read_metrics(run) if r.get("kind") == "epoch"][-1]
+        out.print(
+            f"[green]done[/] in {time.perf_counter() - t0:.0f} s — {spec.method.name}"
+            f"{' + affine' if spec.affine.enabled else ''}, {spec.train.epochs} epochs, final loss "
+            f"{summary['loss']:.4f}, {summary['img_per_s']:.0f} img/s\ncheckpoint: {last}",
+            highlight=False,
+        )
+    distributed.teardown()
+
+
+def resume_spec(run: Path, source: str | None, base: str | None, explicit: list[str]) -> RunSpec:
+    """The run's stored spec, changed only in RESUMABLE fields; any flag that contradicts it is refused.
+
+    Without a spec file each flag and --set is compared with the stored value of its field (repeating
+    it is fine); with one, the whole resolved file is compared.
+    """
+    try:
+        saved = RunSpec.model_validate_json((run / runs.SPEC).read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{run / runs.SPEC} is missing or unreadable, so {run} cannot be resumed; "
+                        "start a new run with another --out") from None  # fmt: skip
+    stored = flatten(json.loads(saved.model_dump_json()))
+    asked: list[tuple[str, dict]] = []  # (field the user named, the spec tree it asks for)
+    if base is not None and base != saved.method.name:
+        _refuse(run, "method.name", saved.method.name, base)
+    if source is not None:
+        asked.append(("", json.loads(resolve_spec(source, base, explicit).model_dump_json())))
+    for assignment in explicit:
+        key = assignment.partition("=")[0].strip()
+        try:
+            asked.append((key, json.loads(build_spec(json.loads(saved.model_dump_json()), [assignment])
+                                          .model_dump_json())))  # fmt: skip
+        except SpecError:
+            if key != "method.name":  # another method's options do not fit the stored method section
+                raise
+            _refuse(run, key, saved.method.name, parse_value(assignment.partition("=")[2].strip()))
+    changes: dict[str, object] = {}
+    for key, tree in asked:
+        new = flatten(tree)
+        differ = sorted(k for k in stored.keys() | new.keys() if stored.get(k) != new.get(k))
+        for k in sorted(differ, key=lambda k: (k != key, k != "method.name", k)):  # the named field first
+            if k not in RESUMABLE:
+                _refuse(run, k, stored.get(k), new.get(k))
+            changes[k] = new[k]
+    if not changes:
+        return saved
+    tree = json.loads(saved.model_dump_json())
+    for k, v in changes.items():
+        *parents, leaf = k.split(".")
+        node = tree
+        for part in parents:
+            node = node[part]
+        node[leaf] = v
+    return RunSpec.model_validate(tree)
+
+
+def _refuse(run: Path, field: str, stored: object, requested: object) -> None:
+    raise UserError(
+        f"--resume cannot change {field}: the run in {run} has {json.dumps(stored)}, this command asks for "
+        f"{json.dumps(requested)}; drop that flag, or start a new run with another --out "
+        f"(--resume may change only {', '.join(RESUMABLE)})"
+    )
