@@ -129,6 +129,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and world_size() > 1):
             return super().forward(x)
+        dtype, x = x.dtype, x.float()  # statistics in fp32 under bf16 autocast, as BatchNorm keeps them
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
         shape = [1, c] + [1] * (x.dim() - 2)
@@ -144,7 +145,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.running_mean.lerp_(mu, m)
                 self.running_var.lerp_(var * count / (count - 1), m)
         y = centred * torch.rsqrt(var + self.eps).view(shape)
-        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        y = y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        return y.to(dtype)
 
 
 def sync_batchnorm(module: nn.Module) -> nn.Module:
