@@ -129,7 +129,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and world_size() > 1):
             return super().forward(x)
-        dtype, x = x.dtype, x.float()  # statistics in fp32 under bf16 autocast, as BatchNorm keeps them
+        dtype = x.dtype
+        if dtype in (torch.bfloat16, torch.float16):  # statistics in fp32 under autocast, as BatchNorm keeps them
+            x = x.float()
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
         shape = [1, c] + [1] * (x.dim() - 2)
