@@ -30,15 +30,8 @@ from affssl.spec_base import FrozenSpec as _Spec
 
 COMPONENTS: tuple[str, ...] = ("rotation", "translation", "scale", "shear")
 # Square size used when data.image_size_px is not given (digits are 8×8, upscaled for the CNN).
-NATIVE_SIZE_PX = {
-    "digits": 16,
-    "cifar10": 32,
-    "cifar100": 32,
-    "svhn": 32,
-    "stl10": 96,
-    "mnist": 28,
-    "fashion-mnist": 28,
-}
+NATIVE_SIZE_PX = {"digits": 16, "cifar10": 32, "cifar100": 32, "svhn": 32, "stl10": 96,
+                  "mnist": 28, "fashion-mnist": 28}  # fmt: skip
 PRESETS: tuple[str, ...] = ("default", "paper", "cifar10-cpu")
 
 
@@ -207,16 +200,6 @@ class RunSpec(_Spec):
         for key, value in updates.items():
             object.__setattr__(self, key, value)
         return self
-
-
-# Fields `pretrain --resume` may change: how long, where and how often a run trains, logs and saves,
-# and where its data cache lives; never what it learns from or how. Other fields may be repeated.
-_RESUMABLE_TRAIN = ("epochs", "device", "log_every", "checkpoint_every", "checkpoint_every_steps", "max_loss")
-RESUMABLE: tuple[str, ...] = (
-    *(f"train.{n}" for n in _RESUMABLE_TRAIN if n in TrainSpec.model_fields),
-    "data.root",
-    "data.cache",
-)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -8,9 +8,10 @@ from typer.testing import CliRunner
 
 from affssl import runs
 from affssl.cli import app
+from affssl.cli.pretrain import RESUMABLE
 from affssl.engine import save_checkpoint
 from affssl.learner import Learner
-from affssl.spec import RESUMABLE, load_spec
+from affssl.spec import load_spec
 
 runner = CliRunner()
 STORED = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "data.limit=64", "train.epochs=1"]

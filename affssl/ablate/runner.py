@@ -32,7 +32,7 @@ from affssl.checkpoint import CheckpointError
 from affssl.data import Dataset, load_dataset
 from affssl.errors import UserError
 from affssl.eval.features import slug
-from affssl.spec import RunSpec
+from affssl.spec import RunSpec, flatten
 
 CURVE = "curve"
 State = Literal["train", "resume", "evaluate", "done"]
@@ -224,13 +224,6 @@ def pending(run: PlannedRun, folder: Path, ev: EvalSettings) -> bool:
             if not current(read_record(path), epoch, ev, "linear"):
                 return True
     return False
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for k, v in tree.items():
-        flat |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-    return flat
 
 
 def spec_conflicts(saved: RunSpec, planned: RunSpec) -> list[str]:
