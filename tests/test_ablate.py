@@ -298,7 +298,7 @@ def test_stale_eval_is_redone_without_retraining_and_other_specs_are_refused(tmp
     assert result.exit_code == 0 and again.trained == [] and len(again.evaluated) == 4
     summary = (tmp_path / "summary.md").read_text()  # one seed: the samples are the 3 probe trials
     assert "linear-probe trial" in summary and "| simclr/base | 3 | 53.00 ± 2.48 |" in summary
-    assert "| simclr/affine-scale | 3 | 58.00 ± 2.48 | +5.00 (+9.4 %) |" in summary
+    assert "| simclr/affine-scale | 3 | 58.00 ± 2.48 | — | +5.00 (+9.4 %) |" in summary
     longer = fakes()
     assert runner.invoke(app, [*argv, "--epochs", "3", "--eval-trials", "3"]).exit_code == 0
     assert [resume for _, resume in longer.trained] == [True] * 4  # more epochs: resumed, not restarted
@@ -438,11 +438,18 @@ def test_study_command_floor_match_time_all_probes_and_curves(tmp_path, monkeypa
     assert "Holm p vs base" in summary and "Holm p vs equal time" in summary
     reference = next(line for line in summary.splitlines() if line.startswith("| simclr/affine-scale+shear (all) |"))
     cells = [c.strip() for c in reference.split("|")[1:-1]]
-    assert cells[5] != "—" and float(cells[5]) >= float(cells[4])  # Holm p (a family of one: equal to p)
-    assert cells[7] != "—"  # Holm p against the equal-time base
+    assert cells[6] != "—" and float(cells[6]) >= float(cells[5])  # Holm p (a family of one: equal to p)
+    assert cells[8] != "—"  # Holm p against the equal-time base
     assert "R² per component" in summary and "| simclr | scale |" in summary
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
+    # Δ vs floor: the difference of the per-seed means, written out from results.csv
+    linear = lambda v: [float(r["linear-digits"]) for r in rows if r["variant"] == v]  # noqa: E731
+    floor_row = next(line for line in summary.splitlines() if line.startswith("| simclr/floor |"))
+    assert [c.strip() for c in floor_row.split("|")[1:-1]][3] == "—"
+    assert len(linear("simclr/affine-scale+shear")) == len(linear("simclr/floor")) == 2
+    gain = sum(linear("simclr/affine-scale+shear")) / 2 - sum(linear("simclr/floor")) / 2
+    assert float(cells[3].split(" ± ")[0]) == pytest.approx(gain, abs=0.0051)  # csv holds 4 decimals
     kinds = {r["variant"]: r["kind"] for r in rows}
     assert kinds["simclr/floor"] == "floor" and kinds["simclr/base-equal-time"] == "equal-time"
     assert all(r["epochs"] == "0" for r in rows if r["kind"] == "floor")

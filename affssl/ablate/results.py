@@ -166,6 +166,7 @@ class VariantStats:
     vs_equal: Comparison | None = None  # a reference against its base's equal-time baseline
     p_holm_base: float = math.nan  # vs_base.p, Holm-adjusted over the + affine variants
     p_holm_equal: float = math.nan  # vs_equal.p, Holm-adjusted over the references
+    vs_floor: Comparison | None = None  # a trained variant against its base's untrained encoder
 
 
 def samples(rows: list[Row], metric: str, unit: Unit) -> list[float]:
@@ -184,6 +185,7 @@ def variant_stats(planned: list[PlannedRun], rows: list[Row], metric: str, unit:
             continue
         base = values.get(f"{v.base}/base") or None
         equal = values.get(f"{v.base}/base-equal-time") or None
+        floor = values.get(f"{v.base}/floor") or None
         ref = next((values[u.name] for u in variants if u.base == v.base and u.reference and values[u.name]), None)
         rs = by_name[v.name]
         out.append(
@@ -196,6 +198,7 @@ def variant_stats(planned: list[PlannedRun], rows: list[Row], metric: str, unit:
                 math.fsum(r.wall_s for r in rs) / len(rs),
                 math.fsum(r.img_per_s for r in rs) / len(rs),
                 compare(values[v.name], equal) if v.reference and equal is not None else None,
+                vs_floor=None if v.kind == "floor" or floor is None else compare(values[v.name], floor),
             )
         )
     return with_holm(out)

@@ -1,6 +1,7 @@
 """An ablation's summary: summary.md and the terminal's rich tables, from ablate.results' statistics.
 
-Per metric, one row per variant: mean ± 95 % CI, the gain over the base with Welch's p and its
+Per metric, one row per variant: mean ± 95 % CI, the gain over the untrained encoder (floor) with
+its Welch 95 % interval, the gain over the base with Welch's p and its
 Holm-adjusted value, with --match-time the reference's gain over the equal-time base (Holm p), the
 gain over the reference, and training cost. The floor rows (untrained encoder) carry no comparison.
 Then, when the equivariance probe ran, the module's effect on R² per component with its Welch 95 %
@@ -18,7 +19,15 @@ from affssl.ablate.planning import Ablation, PlannedRun
 from affssl.ablate.results import Row, Unit, VariantStats, component_r2, unit_label
 from affssl.stats import Comparison, fmt, fmt_p
 
-BASE_COLUMNS = ("variant", "n", "mean ± 95 % CI", "Δ vs base (rel.)", "p vs base", "Holm p vs base")
+BASE_COLUMNS = (
+    "variant",
+    "n",
+    "mean ± 95 % CI",
+    "Δ vs floor ± 95 % CI",
+    "Δ vs base (rel.)",
+    "p vs base",
+    "Holm p vs base",
+)
 EQUAL_COLUMNS = ("Δ vs equal time (rel.)", "Holm p vs equal time")
 TAIL_COLUMNS = ("Δ vs all (rel.)", "p vs all", "train s", "img/s")
 
@@ -36,7 +45,9 @@ def cells(s: VariantStats, digits: int = 2, equal: bool = False) -> list[str]:
         return "—" if c is None else f"{fmt(c.gain, digits, signed=True)} ({fmt(100 * c.relative, 1, signed=True)} %)"
 
     mean = f"{fmt(s.summary.mean, digits)} ± {fmt(s.summary.ci95, digits)}"
-    row = [name_of(s), str(s.summary.n), mean, delta(s.vs_base), fmt_p(s.vs_base.p) if s.vs_base else "—",
+    f = s.vs_floor
+    floor = "—" if f is None else f"{fmt(f.gain, digits, signed=True)} ± {fmt(f.ci95, digits)}"
+    row = [name_of(s), str(s.summary.n), mean, floor, delta(s.vs_base), fmt_p(s.vs_base.p) if s.vs_base else "—",
            fmt_p(s.p_holm_base)]  # fmt: skip
     if equal:
         row += [delta(s.vs_equal), fmt_p(s.p_holm_equal)]
@@ -76,7 +87,8 @@ def write_summary(path: Path, ablation: Ablation, tables: dict[str, list[Variant
     ]
     if ablation.floor:
         lines.append("- <base>/floor: the untrained encoder of the base's spec and seeds (BatchNorm statistics "
-                     "settled on ≤ 2,000 training images; affssl.floor): the score of training nothing")  # fmt: skip
+                     "settled on ≤ 2,000 training images; affssl.floor): the score of training nothing; "
+                     "Δ vs floor: a variant's gain over it, ± the Welch 95 % interval")  # fmt: skip
     if ablation.match_time:
         lines.append("- <base>/base-equal-time: the base trained for round(epochs × t_affine / t_base) epochs, "
                      "t: measured training seconds of the base and the (all) + affine run of a seed")  # fmt: skip
@@ -116,13 +128,16 @@ def rich_table(metric: str, stats: list[VariantStats]) -> Table:
     for s in stats:
         mean = f"{fmt(s.summary.mean, digits)} ± {fmt(s.summary.ci95, digits)}"
         p_base, p_ref = (fmt_p(c.p) if c else "—" for c in (s.vs_base, s.vs_ref))
-        row = [name_of(s, "*"), str(s.summary.n), mean, rel(s.vs_base), p_base, fmt_p(s.p_holm_base)]
+        floor = "—" if s.vs_floor is None else fmt(s.vs_floor.gain, digits, signed=True)
+        row = [name_of(s, "*"), str(s.summary.n), mean, floor, rel(s.vs_base), p_base, fmt_p(s.p_holm_base)]
         rows.append(row + ([rel(s.vs_equal), fmt_p(s.p_holm_equal)] if equal else []) + [rel(s.vs_ref), p_ref])
-    caption = ("CI: 95 % t-interval half-width; *: all listed components, the 'vs all' reference; p: Welch t-test; "
+    caption = ("CI: 95 % t-interval half-width; vs floor: gain over the untrained encoder; *: all listed components, "
+               "the 'vs all' reference; p: Welch t-test; "
                "Holm: Holm–Bonferroni adjusted")  # fmt: skip
     table = Table(title=f"{metric} ({unit_label(metric)})", caption=caption, header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-    headers = ("variant", "n", "mean ± CI", "vs base", "p", "Holm") + (("vs equal t", "Holm") if equal else ())
+    headers = ("variant", "n", "mean ± CI", "vs floor", "vs base", "p", "Holm")
+    headers += ("vs equal t", "Holm") if equal else ()
     for i, header in enumerate((*headers, "vs all", "p")):
         width = max(len(header), *(len(r[i]) for r in rows)) if rows else len(header)
         table.add_column(header, justify="left" if i == 0 else "right", min_width=width, overflow="fold")
