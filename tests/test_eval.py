@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from sklearn.metrics import r2_score
 
 from affssl import affine
 from affssl.data import DataError, Dataset, Split
@@ -157,6 +158,26 @@ def test_probe_and_head_on_diff_features_that_encode_phi():
     head = torch.nn.Linear(24, 6)  # the exact inverse of the encoding: R² = 1
     head.weight.data, head.bias.data = torch.linalg.pinv(w).T.contiguous(), torch.zeros(6)
     assert min(head_r2(head, None, h_test, hw_test, phi_test, spec, size).values()) > 0.999
+
+
+def test_head_is_scored_with_the_pairs_batch_statistics_not_its_running_ones():
+    spec, size = probe_spec(AffineSpec()), 16
+    gen = torch.Generator().manual_seed(0)
+    phi = sample_phi(500, spec, size, 1)
+    w = torch.randn(6, 24, generator=gen)
+    h = torch.randn(500, 24, generator=gen)
+    hw = h - affine.targets(phi, spec, size) @ w
+    z = affine.aggregate(h, hw, spec.aggregation)  # (N, 24): what the head reads
+    mean, std = z.mean(0), (z.var(0, unbiased=False) + 1e-5).sqrt()
+    inverse = torch.linalg.pinv(w).T  # (6, 24): targets = inverse @ z
+    bn, linear = torch.nn.BatchNorm1d(24, affine=False), torch.nn.Linear(24, 6)
+    linear.weight.data, linear.bias.data = inverse * std, inverse @ mean  # undoes the batch normalisation exactly
+    bn.running_mean.fill_(5.0)  # running statistics from another distribution
+    head = torch.nn.Sequential(bn, linear).eval()
+    assert min(head_r2(head, None, h, hw, phi, spec, size).values()) > 0.999
+    assert not head.training and torch.equal(bn.running_mean, torch.full((24,), 5.0))  # the caller's head untouched
+    with torch.no_grad():  # the same head with its running statistics would be far off
+        assert r2_score(affine.targets(phi, spec, size).numpy(), head(z).numpy()) < 0
 
 
 # ---------------------------------------------------------------------------------------------
