@@ -446,7 +446,8 @@ def test_study_command_floor_match_time_all_probes_and_curves(tmp_path, monkeypa
     # Δ vs floor: the difference of the per-seed means, written out from results.csv
     linear = lambda v: [float(r["linear-digits"]) for r in rows if r["variant"] == v]  # noqa: E731
     floor_row = next(line for line in summary.splitlines() if line.startswith("| simclr/floor |"))
-    assert [c.strip() for c in floor_row.split("|")[1:-1]][3] == "—"
+    floor_cells = [c.strip() for c in floor_row.split("|")[1:-1]]
+    assert floor_cells[3] == "—" and floor_cells[9] == "—"  # the floor is compared with nothing
     assert len(linear("simclr/affine-scale+shear")) == len(linear("simclr/floor")) == 2
     gain = sum(linear("simclr/affine-scale+shear")) / 2 - sum(linear("simclr/floor")) / 2
     assert float(cells[3].split(" ± ")[0]) == pytest.approx(gain, abs=0.0051)  # csv holds 4 decimals

@@ -160,7 +160,7 @@ class VariantStats:
     values: list[float]
     summary: Summary
     vs_base: Comparison | None  # None for the baseline itself or when no baseline finished
-    vs_ref: Comparison | None  # against the base's reference (all components); None for itself
+    vs_ref: Comparison | None  # against the base's reference (all components); None for itself and the floor
     wall_s: float  # mean training seconds per run
     img_per_s: float
     vs_equal: Comparison | None = None  # a reference against its base's equal-time baseline
@@ -194,7 +194,7 @@ def variant_stats(planned: list[PlannedRun], rows: list[Row], metric: str, unit:
                 values[v.name],
                 summarize(values[v.name]),
                 None if v.baseline or base is None else compare(values[v.name], base),
-                None if v.reference or ref is None else compare(values[v.name], ref),
+                None if v.reference or v.kind == "floor" or ref is None else compare(values[v.name], ref),
                 math.fsum(r.wall_s for r in rs) / len(rs),
                 math.fsum(r.img_per_s for r in rs) / len(rs),
                 compare(values[v.name], equal) if v.reference and equal is not None else None,
