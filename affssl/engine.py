@@ -84,7 +84,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     if world > 1 and spec.train.sync_bn:  # BatchNorm statistics over the global batch, as one process
         learner = distributed.sync_batchnorm(learner)
     counts = learner.param_counts()
-    policy = precision.resolve(spec.train.precision, spec.train.memory_format, device)
+    policy = precision.resolve(spec.train.precision, spec.train.memory_format, device, trained=learner)
     learner = learner.to(memory_format=policy.memory_format)  # conv weights; activations follow them
     params = [p for p in learner.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, spec.optim, fused=device.type == "cuda")

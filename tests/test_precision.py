@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from affssl import affine, augment, precision
+from affssl.backbone_spec import BackboneSpec
+from affssl.backbones import build_backbone
+from affssl.errors import UserError
 from affssl.methods.barlow import barlow_loss
 from affssl.methods.byol import byol_loss
 from affssl.methods.simclr import nt_xent
@@ -94,3 +97,16 @@ def test_features_follow_the_policy_and_cache_apart(tmp_path):
     bf16 = extract(backbone, x, 4, CPU, precision_name="bf16")
     assert fp32.dtype == bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
     assert torch.allclose(fp32, bf16, rtol=0.05, atol=0.05 * fp32.abs().max().item())
+
+
+def test_cpu_fp32_training_avoids_channels_last_for_narrow_strided_pointwise_convs():
+    """torch 2.14 corrupts the heap in that layer's weight gradient on AVX2 CPUs (fp32, channels_last, < 8 inputs)."""
+    narrow, wide = (build_backbone(BackboneSpec(width=w), 16) for w in (4, 8))
+    assert precision.narrow_strided_pointwise_convs(narrow) == ["layer2.0.downsample.0"]
+    assert precision.narrow_strided_pointwise_convs(wide) == []
+    assert precision.resolve("fp32", "auto", CPU, trained=narrow).memory_format == torch.contiguous_format
+    assert precision.resolve("fp32", "auto", CPU, trained=wide).memory_format == torch.channels_last
+    assert precision.resolve("bf16", "auto", CPU, trained=narrow).memory_format == torch.channels_last
+    assert precision.resolve("fp32", "auto", torch.device("cuda"), trained=narrow).memory_format == torch.channels_last
+    with pytest.raises(UserError, match=r"layer2\.0\.downsample\.0 .*memory_format=auto or contiguous"):
+        precision.resolve("fp32", "channels_last", CPU, trained=narrow)
