@@ -86,8 +86,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     counts = learner.param_counts()
     policy = precision.resolve(spec.train.precision, spec.train.memory_format, device, trained=learner)
     learner = learner.to(memory_format=policy.memory_format)  # conv weights; activations follow them
-    params = [p for p in learner.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, spec.optim, fused=device.type == "cuda")
+    optimizer = build_optimizer(learner.optim_groups(), spec.optim, fused=device.type == "cuda")
     start_epoch, position = 0, None
     if resume:
         tensors, header = checkpoint.load(run / runs.LAST, expect=checkpoint.TRAIN_FORMAT)
@@ -147,7 +146,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                     continue  # trained before the checkpoint (the permutation was drawn whole)
                 step = epoch * steps_per_epoch + i
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total_steps, steps_per_epoch, spec.optim)
+                    group["lr"] = lr_at(step, total_steps, steps_per_epoch, spec.optim) * group["lr_scale"]
                 x = images[index[rank * local_batch : (rank + 1) * local_batch]]  # (b, C, S, S) uint8
                 with policy.autocast():
                     loss, parts = step_fn(x, g_views, g_affine)

@@ -61,6 +61,20 @@ class Learner(nn.Module):
         """The projector-location encoder: view (B, C, H, W) → method.embed(backbone(view)) (B, D)."""
         return self.method.embed(self.backbone(view))
 
+    def optim_groups(self) -> list[dict]:
+        """Trainable parameters as optimizer groups, each with the lr_scale that multiplies the scheduled rate.
+
+        A base method may set lr_scales = {submodule: multiple} (BYOL's predictor); the rest is one group at
+        scale 1, listed first, so a run without scaling has the single group it always had.
+        """
+        prefixes = {f"method.{name}.": s for name, s in getattr(self.method, "lr_scales", {}).items()}
+        groups: dict[float, list[nn.Parameter]] = {1.0: []}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                scale = next((s for prefix, s in prefixes.items() if name.startswith(prefix)), 1.0)
+                groups.setdefault(scale, []).append(p)
+        return [{"params": params, "lr_scale": scale} for scale, params in groups.items() if params]
+
     def param_counts(self) -> dict[str, int]:
         """Trainable parameters per part; the paper reports the head at ≈ 4 % of the total."""
         count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad) if m is not None else 0  # noqa: E731

@@ -24,6 +24,12 @@ class BYOLSpec(FrozenSpec):
     proj_out: int = Field(128, ge=1)
     pred_hidden: int = Field(512, ge=1)
     tau_base: float = Field(0.996, ge=0, le=1, description="EMA τ, cosine-ramped to 1")
+    pred_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="the predictor's learning rate as a multiple of optim.lr (1: the paper; Tian et al. "
+        "2021 (DirectPred) found a faster predictor speeds up non-contrastive learning)",
+    )
 
 
 class BarlowSpec(FrozenSpec):

@@ -10,7 +10,10 @@ from torch import nn
 from affssl.spec import OptimSpec
 
 
-def build_optimizer(params: list[nn.Parameter], spec: OptimSpec, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: list[nn.Parameter] | list[dict], spec: OptimSpec, fused: bool = False
+) -> torch.optim.Optimizer:
+    """params: tensors, or groups of them (each group may carry its own keys, such as the engine's lr_scale)."""
     extra = {"fused": True} if fused else {}
     if spec.name == "adam":
         return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, **extra)

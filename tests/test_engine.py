@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from affssl import runs
 from affssl.checkpoint import TRAIN_FORMAT
 from affssl.engine import pretrain
+from affssl.learner import Learner
 from affssl.spec import RunSpec, load_spec
 
 TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "data.limit=128"]
@@ -143,6 +144,34 @@ def test_param_overhead_logged(tmp_path):
     params = runs.read_metrics(tmp_path / "run")[0]
     assert params["kind"] == "params" and params["head"] > 0
     assert params["head_overhead_frac"] == pytest.approx(params["head"] / params["total"])
+
+
+def test_byol_predictor_steps_at_its_own_learning_rate(tmp_path):
+    """One Adam step moves each weight by lr·g/(|g| + eps): the predictor's by pred_lr_scale × that, the rest alike."""
+    one_step = ["method.name=byol", "affine.enabled=false", "train.epochs=1", "data.limit=32"]
+    torch.manual_seed(0)  # pretrain seeds the initial weights with train.seed = 0
+    start = Learner(tiny(*one_step, "train.precision=fp32")).state_dict()
+    moved = {}
+    for scale in (1.0, 10.0):
+        spec = tiny(*one_step, "train.precision=fp32", f"method.pred_lr_scale={scale}")
+        pretrain(spec, tmp_path / str(scale), show_progress=False)
+        end = load_file(tmp_path / str(scale) / runs.LAST)
+        moved[scale] = {k: end[f"model.{k}"].float() - v.float() for k, v in start.items() if v.is_floating_point()}
+    for key, delta in moved[1.0].items():
+        want = delta * 10 if key.startswith("method.predictor.") and "running" not in key else delta
+        torch.testing.assert_close(moved[10.0][key], want, rtol=1e-4, atol=1e-7, msg=key)
+    assert moved[1.0]["method.predictor.0.weight"].abs().max() > 0
+
+
+def test_optimizer_groups_put_each_trainable_parameter_once():
+    learner = Learner(tiny("method.name=byol", "method.pred_lr_scale=10"))
+    groups = learner.optim_groups()
+    assert [g["lr_scale"] for g in groups] == [1.0, 10.0]
+    names = {id(p): n for n, p in learner.named_parameters()}
+    assert {names[id(p)].split(".")[1] for p in groups[1]["params"]} == {"predictor"}
+    trainable = [p for p in learner.parameters() if p.requires_grad]
+    assert sorted(map(id, trainable)) == sorted(id(p) for g in groups for p in g["params"])
+    assert len(Learner(tiny("method.name=simclr")).optim_groups()) == 1
 
 
 def cli(*args: str) -> subprocess.Popen:

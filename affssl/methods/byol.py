@@ -26,6 +26,7 @@ class BYOL(nn.Module):
     def __init__(self, spec: BYOLSpec, backbone: nn.Module, feat_dim: int):
         super().__init__()
         self.tau_base = spec.tau_base
+        self.lr_scales = {"predictor": spec.pred_lr_scale}  # submodule → multiple of the scheduled rate
         self.projector = mlp(feat_dim, spec.proj_hidden, spec.proj_out)
         self.predictor = mlp(spec.proj_out, spec.pred_hidden, spec.proj_out)
         # The target is a separate copy (never the online tensors: safetensors refuses sharing).
