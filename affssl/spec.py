@@ -253,12 +253,32 @@ def read_toml(source: str | Path) -> dict[str, Any]:
 
 
 def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
+    """A spec tree plus dotted overrides → a validated RunSpec.
+
+    A tree may hold per-base settings, `[bases.<method>]` tables of the same sections (a protocol's
+    BYOL learning rate, say): the table of the run's base method is merged over the tree, and the
+    overrides are applied over both, so a command line always wins. Every table is validated, used
+    or not, so a typo in one surfaces on any run of the file.
+    """
     tree = json.loads(json.dumps(tree, default=str))  # deep copy; overrides never touch the source
+    overrides = list(overrides)
+    scratch = json.loads(json.dumps(tree))
+    for assignment in overrides:  # first pass: which base, and the per-base tables as overridden
+        apply_override(scratch, assignment)
+    per_base = _per_base_tables(scratch.pop(BASES_KEY, {}))
+    tree.pop(BASES_KEY, None)
+    name = _method_name(scratch)
+    for other, table in per_base.items():
+        if other != name:
+            _check_base_table(tree, other, table)
     file_backbone = dict(tree["backbone"]) if isinstance(tree.get("backbone"), dict) else {}
-    # The method section's discriminator defaults to simclr so a TOML may omit it.
-    for assignment in overrides:
+    table = per_base.get(name, {}) if isinstance(name, str) else {}
+    _merge(tree, table)
+    own = [a for a in overrides if a.partition("=")[0].strip().split(".")[0] != BASES_KEY]
+    for assignment in own:
         apply_override(tree, assignment)
-    _drop_file_backbone_options(tree, file_backbone, overrides)
+    _drop_file_backbone_options(tree, file_backbone, own + [f"{k}=" for k in flatten(table)])
+    # The method section's discriminator defaults to simclr so a TOML may omit it.
     if isinstance(tree.get("method"), dict):
         tree["method"].setdefault("name", "simclr")
         name = tree["method"]["name"]
@@ -268,6 +288,50 @@ def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
         return RunSpec.model_validate(tree)
     except ValidationError as err:
         raise SpecError(describe(err)) from None
+
+
+BASES_KEY = "bases"
+
+
+def _method_name(tree: dict[str, Any]) -> Any:
+    method = tree.get("method")
+    return method.get("name", "simclr") if isinstance(method, dict) else "simclr"
+
+
+def _per_base_tables(bases: Any) -> dict[str, dict[str, Any]]:
+    """The `[bases.<method>]` tables, checked for shape: a table per known base method."""
+    if not isinstance(bases, dict):
+        raise SpecError(f"{BASES_KEY} must be a table of per-base tables, e.g. [{BASES_KEY}.byol] with optim.lr = 1e-3")
+    for name, table in bases.items():
+        if name not in METHOD_SPECS:
+            raise SpecError(f"[{BASES_KEY}.{name}]: unknown base method; choose one of {', '.join(METHOD_SPECS)}")
+        if not isinstance(table, dict):
+            raise SpecError(f"{BASES_KEY}.{name} must be a table of spec sections, e.g. optim.lr = 1e-3")
+        method = table.get("method")
+        if BASES_KEY in table or (isinstance(method, dict) and "name" in method):
+            raise SpecError(f"[{BASES_KEY}.{name}] sets its own base or nests tables of bases; remove that key")
+    return bases
+
+
+def _merge(tree: dict[str, Any], table: dict[str, Any]) -> None:
+    """Merge a nested table into a tree in place, leaf by leaf."""
+    for key, value in table.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = json.loads(json.dumps(value))
+
+
+def _check_base_table(tree: dict[str, Any], name: str, table: dict[str, Any]) -> None:
+    """Validate an unused per-base table as the spec it would make, naming it in the error."""
+    probe = json.loads(json.dumps(tree))
+    if _method_name(probe) != name:
+        probe["method"] = {"name": name}
+    _merge(probe, table)
+    try:
+        RunSpec.model_validate(probe)
+    except ValidationError as err:
+        raise SpecError(f"[{BASES_KEY}.{name}]: {describe(err)}") from None
 
 
 def _drop_file_backbone_options(tree: dict[str, Any], file_backbone: dict[str, Any], overrides: list[str]) -> None:

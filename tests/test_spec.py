@@ -110,3 +110,72 @@ def test_method_name_of_another_type_is_a_spec_error(name):
     """Found by tests/test_fuzz.py: a list or table as method.name crashed the name lookup."""
     with pytest.raises(SpecError, match="unknown base method"):
         load_spec(None, [f"method.name={name}"])
+
+
+PROTOCOL = """
+[optim]
+lr = 2e-3
+[train]
+epochs = 3
+[bases.byol]
+optim.lr = 1e-3
+method.pred_lr_scale = 10
+"""
+
+
+def test_a_base_table_applies_to_its_base_only(tmp_path):
+    from affssl.cli.options import resolve_spec
+
+    protocol = tmp_path / "protocol.toml"
+    protocol.write_text(PROTOCOL)
+    byol = resolve_spec(str(protocol), "byol", [])
+    # Oracle: the same spec written out by hand as overrides.
+    assert byol == load_spec(None, ["method.name=byol", "optim.lr=1e-3", "method.pred_lr_scale=10", "train.epochs=3"])
+    assert resolve_spec(str(protocol), "simclr", []) == load_spec(None, ["optim.lr=2e-3", "train.epochs=3"])
+    assert resolve_spec(str(protocol), "barlow", []).optim.lr == 2e-3
+    assert load_spec(protocol, ["method.name=byol"]).optim.lr == 1e-3  # chosen by --set too, not only --base
+
+
+def test_the_command_line_wins_over_a_base_table_and_can_edit_it(tmp_path):
+    from affssl.cli.options import resolve_spec
+
+    protocol = tmp_path / "protocol.toml"
+    protocol.write_text(PROTOCOL)
+    assert resolve_spec(str(protocol), "byol", ["optim.lr=5e-4"]).optim.lr == 5e-4
+    edited = resolve_spec(str(protocol), "byol", ["bases.byol.method.tau_base=0.99", "bases.byol.optim.lr=3e-3"])
+    assert (edited.method.tau_base, edited.optim.lr, edited.method.pred_lr_scale) == (0.99, 3e-3, 10)
+    assert resolve_spec(str(protocol), "simclr", ["bases.simclr.method.temperature=0.2"]).method.temperature == 0.2
+
+
+@pytest.mark.parametrize(
+    "table, fragment",
+    [
+        ("[bases.byl]\noptim.lr = 1e-3", r"\[bases.byl\]: unknown base method"),
+        ("[bases.barlow]\noptim.lrr = 1e-3", r"\[bases.barlow\]: invalid spec: optim.lrr: unknown key"),
+        ("[bases.barlow]\nmethod.tau_base = 0.9", r"\[bases.barlow\]: invalid spec: method.tau_base: unknown key"),
+        ("[bases.byol]\nmethod.name = 'simclr'", r"\[bases.byol\] sets its own base"),
+        ("[bases]\nbyol = 3", "bases.byol must be a table"),
+        ("bases = 3", "bases must be a table"),
+    ],
+)
+def test_a_bad_base_table_is_an_error_on_any_run_of_the_file(tmp_path, table, fragment):
+    protocol = tmp_path / "protocol.toml"
+    protocol.write_text(table)
+    with pytest.raises(SpecError, match=fragment):
+        load_spec(protocol)  # a simclr run: the broken table is another base's
+
+
+def test_ablate_plans_each_base_with_its_table(tmp_path):
+    from affssl import ablate as ab
+    from affssl.cli.options import resolve_spec
+
+    protocol = tmp_path / "protocol.toml"
+    protocol.write_text(PROTOCOL)
+    ablation = ab.make_ablation(default_base="simclr", first_seed=0, bases="simclr,byol", components="scale",
+                                subsets="together", floor=True, match_time=True)  # fmt: skip
+    planned = ab.plan(ablation, lambda base, extra: resolve_spec(str(protocol), base, extra))
+    lr = {(r.variant.name, r.seed): r.spec.optim.lr for r in planned}
+    assert lr == {("simclr/floor", 0): 2e-3, ("simclr/base", 0): 2e-3, ("simclr/affine-scale", 0): 2e-3,
+                  ("simclr/base-equal-time", 0): 2e-3, ("byol/floor", 0): 1e-3, ("byol/base", 0): 1e-3,
+                  ("byol/affine-scale", 0): 1e-3, ("byol/base-equal-time", 0): 1e-3}  # fmt: skip
+    assert all(r.spec.method.pred_lr_scale == 10 for r in planned if r.variant.base == "byol")
