@@ -2,13 +2,13 @@
 
 Every default lives here, once, or in the two spec modules whose names this one re-exports:
 affssl.backbone_spec (the encoder) and affssl.method_specs (the base methods, their default λ).
+affssl.spec_tree holds what is done to the raw tree before validation (overrides, per-base tables).
 Nothing below the CLI handles a raw dict: the CLI turns a TOML file plus overrides into a validated
 `RunSpec`, and each module receives the sub-spec it needs.
 """
 
 from __future__ import annotations
 
-import json
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -19,7 +19,6 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from affssl.backbone_spec import LIST_BACKBONES as LIST_BACKBONES
 from affssl.backbone_spec import STEM_FAMILY, WIDTH_RESNETS, BackboneSpec
 from affssl.backbone_spec import classification_models as classification_models
-from affssl.errors import UserError
 from affssl.method_specs import DEFAULT_AFFINE_WEIGHT, METHOD_SPECS, MethodSpec, SimCLRSpec
 from affssl.method_specs import BarlowSpec as BarlowSpec
 from affssl.method_specs import BYOLSpec as BYOLSpec
@@ -27,16 +26,17 @@ from affssl.method_specs import MoCoV3Spec as MoCoV3Spec
 from affssl.method_specs import SimSiamSpec as SimSiamSpec
 from affssl.method_specs import VICRegSpec as VICRegSpec
 from affssl.spec_base import FrozenSpec as _Spec
+from affssl.spec_tree import BASES_KEY, copy_tree, merge, method_name, per_base_tables
+from affssl.spec_tree import SpecError as SpecError
+from affssl.spec_tree import apply_override as apply_override
+from affssl.spec_tree import flatten as flatten
+from affssl.spec_tree import parse_value as parse_value
 
 COMPONENTS: tuple[str, ...] = ("rotation", "translation", "scale", "shear")
 # Square size used when data.image_size_px is not given (digits are 8×8, upscaled for the CNN).
 NATIVE_SIZE_PX = {"digits": 16, "cifar10": 32, "cifar100": 32, "svhn": 32, "stl10": 96,
                   "mnist": 28, "fashion-mnist": 28}  # fmt: skip
 PRESETS: tuple[str, ...] = ("default", "paper", "cifar10-cpu")
-
-
-class SpecError(UserError):
-    """A spec that cannot be loaded or validated; the message names the field and the fix."""
 
 
 Range = tuple[float, float]
@@ -202,38 +202,8 @@ class RunSpec(_Spec):
         return self
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested spec tree as {dotted field: leaf value}."""
-    flat: dict[str, Any] = {}
-    for k, v in tree.items():
-        flat |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-    return flat
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading: TOML (a path or a bundled preset) + dotted overrides → validated RunSpec
-
-
-def parse_value(text: str) -> Any:
-    """Parse an override value as a TOML value (numbers, booleans, lists, strings) or keep text."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_override(tree: dict[str, Any], assignment: str) -> None:
-    key, sep, text = assignment.partition("=")
-    if not sep or not key.strip():
-        raise SpecError(f"override {assignment!r} is not key=value; write e.g. --set optim.lr=0.001")
-    *parents, leaf = key.strip().split(".")
-    node = tree
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"override {key!r}: {part!r} is a value, not a section")
-        node = child
-    node[leaf] = parse_value(text.strip())
 
 
 def read_toml(source: str | Path) -> dict[str, Any]:
@@ -260,20 +230,20 @@ def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
     overrides are applied over both, so a command line always wins. Every table is validated, used
     or not, so a typo in one surfaces on any run of the file.
     """
-    tree = json.loads(json.dumps(tree, default=str))  # deep copy; overrides never touch the source
+    tree = copy_tree(tree)  # deep copy; overrides never touch the source
     overrides = list(overrides)
-    scratch = json.loads(json.dumps(tree))
+    scratch = copy_tree(tree)
     for assignment in overrides:  # first pass: which base, and the per-base tables as overridden
         apply_override(scratch, assignment)
-    per_base = _per_base_tables(scratch.pop(BASES_KEY, {}))
+    per_base = per_base_tables(scratch.pop(BASES_KEY, {}))
     tree.pop(BASES_KEY, None)
-    name = _method_name(scratch)
+    name = method_name(scratch)
     for other, table in per_base.items():
         if other != name:
             _check_base_table(tree, other, table)
     file_backbone = dict(tree["backbone"]) if isinstance(tree.get("backbone"), dict) else {}
     table = per_base.get(name, {}) if isinstance(name, str) else {}
-    _merge(tree, table)
+    merge(tree, table)
     own = [a for a in overrides if a.partition("=")[0].strip().split(".")[0] != BASES_KEY]
     for assignment in own:
         apply_override(tree, assignment)
@@ -290,44 +260,12 @@ def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
         raise SpecError(describe(err)) from None
 
 
-BASES_KEY = "bases"
-
-
-def _method_name(tree: dict[str, Any]) -> Any:
-    method = tree.get("method")
-    return method.get("name", "simclr") if isinstance(method, dict) else "simclr"
-
-
-def _per_base_tables(bases: Any) -> dict[str, dict[str, Any]]:
-    """The `[bases.<method>]` tables, checked for shape: a table per known base method."""
-    if not isinstance(bases, dict):
-        raise SpecError(f"{BASES_KEY} must be a table of per-base tables, e.g. [{BASES_KEY}.byol] with optim.lr = 1e-3")
-    for name, table in bases.items():
-        if name not in METHOD_SPECS:
-            raise SpecError(f"[{BASES_KEY}.{name}]: unknown base method; choose one of {', '.join(METHOD_SPECS)}")
-        if not isinstance(table, dict):
-            raise SpecError(f"{BASES_KEY}.{name} must be a table of spec sections, e.g. optim.lr = 1e-3")
-        method = table.get("method")
-        if BASES_KEY in table or (isinstance(method, dict) and "name" in method):
-            raise SpecError(f"[{BASES_KEY}.{name}] sets its own base or nests tables of bases; remove that key")
-    return bases
-
-
-def _merge(tree: dict[str, Any], table: dict[str, Any]) -> None:
-    """Merge a nested table into a tree in place, leaf by leaf."""
-    for key, value in table.items():
-        if isinstance(value, dict) and isinstance(tree.get(key), dict):
-            _merge(tree[key], value)
-        else:
-            tree[key] = json.loads(json.dumps(value))
-
-
 def _check_base_table(tree: dict[str, Any], name: str, table: dict[str, Any]) -> None:
     """Validate an unused per-base table as the spec it would make, naming it in the error."""
-    probe = json.loads(json.dumps(tree))
-    if _method_name(probe) != name:
+    probe = copy_tree(tree)
+    if method_name(probe) != name:
         probe["method"] = {"name": name}
-    _merge(probe, table)
+    merge(probe, table)
     try:
         RunSpec.model_validate(probe)
     except ValidationError as err:
