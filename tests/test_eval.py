@@ -121,6 +121,62 @@ def test_linear_trials_use_distinct_seeds_and_the_paper_grid():
     assert result.mean_pct > 90
 
 
+def _sequential_reference(h_train, y_train, h_test, y_test, seed, max_iter):
+    """The probe as it ran before threads: one trial after another, warnings caught per fit."""
+    import copy
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    out = []
+    for t in range(3):
+        x, y = h_train.double().numpy(), y_train.numpy()
+        keep, val = (i.numpy() for i in holdout(y_train, len(y), linear.VAL_FRAC, seed + t))
+        mean, std = x[keep].mean(0), x[keep].std(0).clip(min=1e-6)
+        x = (x - mean) / std
+        clf = LogisticRegression(solver="lbfgs", max_iter=max_iter, warm_start=True)
+        models, val_acc, warned = [], [], 0
+        for c in linear.C_GRID:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                clf.set_params(C=c).fit(x[keep], y[keep])
+            warned += any(issubclass(w.category, ConvergenceWarning) for w in caught)
+            models.append(copy.deepcopy(clf))
+            val_acc.append(100.0 * float(np.mean(clf.predict(x[val]) == y[val])))
+        best = int(np.argmax(val_acc))
+        out.append((linear.C_GRID[best], val_acc, warned, models[best].coef_))
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_threaded_trials_match_the_sequential_probe_exactly(workers):
+    import warnings
+
+    h_train, y_train = _blobs(150, n_classes=4, spread=2.5)
+    h_test, y_test = _blobs(60, n_classes=4, seed=1, spread=2.5)
+    shown, filters = warnings.showwarning, list(warnings.filters)
+    # max_iter 12 stops some fits short (1, 2 and 3 of 10 per trial): each counted on its own trial
+    got = linear.linear_probe(h_train, y_train, h_test, y_test, trials=3, seed=4, max_iter=12, workers=workers)
+    want = _sequential_reference(h_train, y_train, h_test, y_test, seed=4, max_iter=12)
+    for t, (c, val_acc, warned, coef) in zip(got.trials, want, strict=True):
+        assert (t.C, t.val_acc_pct, t.not_converged) == (c, val_acc, warned)
+        assert np.array_equal(t.model.coef_, coef)
+    assert [t.not_converged for t in got.trials] == [1, 2, 3]  # distinct per trial: a swap would show
+    assert warnings.showwarning is shown and warnings.filters == filters  # the process's settings are back
+
+
+def test_fitting_blocks_nest_and_restore_blas_threads():
+    from threadpoolctl import threadpool_info
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    with linear.fitting():
+        with linear.fitting():
+            assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
+
 def test_holdout_is_stratified_disjoint_and_seeded():
     y = torch.arange(100) % 4
     keep, held = holdout(y, 100, 0.2, seed=1)
