@@ -18,7 +18,6 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from _common import machine
 
 from affssl.backbones import build_backbone
 from affssl.data import load_dataset
-from affssl.eval.features import backbone_tensors, build_from, extract, open_source, resolve_device
+from affssl.eval.features import extract, load_backbone, resolve_device
 from affssl.eval.linear import LinearResult, linear_probe
 from affssl.spec import BackboneSpec, DataSpec
 
@@ -36,8 +35,7 @@ def features(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torc
     device = resolve_device(args.device)
     data = load_dataset(DataSpec(dataset=args.data, image_size_px=args.size, limit=args.limit))
     if args.ckpt:
-        source = open_source(Path(args.ckpt))
-        backbone = build_from(source, backbone_tensors(source))
+        backbone = load_backbone(args.ckpt)
     else:
         torch.manual_seed(0)
         backbone = build_backbone(BackboneSpec(name="resnet18", width=16, cifar_stem=True))
