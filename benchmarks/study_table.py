@@ -1,12 +1,12 @@
 """The README's CIFAR-10 study table from one or more `affssl ablate --preset main --match-time` outputs.
 
 A base's rows come from the last results.csv that has them, so a study whose base was re-run under a
-revised protocol (results/cifar10-cpu-v2/byol/) replaces that base's rows of the first study. The
+revised protocol (`ablate --base B --out OTHER`) can replace that base's rows of the first run. The
 statistics are affssl.ablate's, recomputed over the merged rows: one sample per pretraining seed,
 mean ± 95 % t-interval, Welch's test, and Holm–Bonferroni across the bases in each comparison column
 (+ affine vs base; + affine vs the base given its training time). Not a test.
 
-    python benchmarks/study_table.py results/cifar10-cpu-v2/results.csv results/cifar10-cpu-v2/byol/results.csv
+    python benchmarks/study_table.py results/cifar10-cpu-v2/results.csv [runs/rerun-byol/results.csv]
 
 Prints the table, then the module's effect on R² per component (+ affine − base, Welch 95 % interval,
 unadjusted p) per base.
