@@ -19,6 +19,7 @@ import affssl.eval
 from affssl import ablate as ab
 from affssl import checkpoint, engine, runs
 from affssl import stats as ablate_stats
+from affssl.ablate.runner import curve_epochs
 from affssl.cli import app
 from affssl.errors import UserError
 from affssl.eval.features import slug
@@ -358,8 +359,8 @@ def test_equal_time_run_gets_the_affine_runs_time_in_whole_epochs(tmp_path, fake
         rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(fh)}
     equal, base = rows[("simclr/base-equal-time", "0")], rows[("simclr/base", "0")]
     assert (equal["time_ratio"], equal["epochs"], base["time_ratio"], base["epochs"]) == ("1.5000", "6", "", "4")
-    # --curve-points 4 over 4 epochs: epochs 1, 2, 3 from the curve + the last, for every run; 6 for equal time
-    assert len(list((run / "curve").iterdir())) == 5
+    # --curve-points 4: epochs 1, 2, 3 + the last for the 4-epoch runs; 2, 3, 5 (of 1 … 5) + 6 for equal time
+    assert sorted(p.name for p in (run / "curve").iterdir()) == ["epoch-0002", "epoch-0003", "epoch-0005"]
     summary = (tmp_path / "summary.md").read_text()
     assert "Holm p vs equal time" in summary and "| simclr/base-equal-time | 0 | 1.5000 | 6 | 12.0 |" in summary
     again = fakes()
@@ -373,6 +374,23 @@ def test_curve_points_set_checkpoint_every():
     assert {r.spec.train.checkpoint_every for r in planned} == {2}  # epochs 2, 4, 6, 8 + the last: 5 points
     with pytest.raises(UserError, match="curve-points"):
         ab.make_ablation(default_base="simclr", first_seed=0, eval_settings=ab.EvalSettings(curve_points=0))
+
+
+@pytest.mark.parametrize(
+    ("kept", "epochs", "points", "expected"),
+    [
+        ([1, 2, 3, 4, 5], 6, 4, [2, 3, 5]),  # targets 1.5, 3, 4.5: ties go to the later epoch
+        ([1, 2, 3, 4, 5, 6], 7, 4, [2, 4, 5]),  # 1.75, 3.5, 5.25
+        ([2, 4, 6, 8], 9, 4, [2, 4, 6]),  # checkpoint_every 2: 2.25, 4.5, 6.75 → the nearest kept
+        ([1, 2, 3], 4, 4, [1, 2, 3]),  # fewer kept than points: all of them
+        ([1, 2, 3, 4, 5], 6, None, [1, 2, 3, 4, 5]),  # --curve alone: every kept checkpoint
+        ([1, 2, 3], 4, 1, []),  # one point: the last epoch only
+    ],
+)
+def test_curve_points_pick_n_evenly_spaced_checkpoints(tmp_path, kept, epochs, points, expected):
+    for e in [*kept, epochs]:  # the last epoch's checkpoint is the main eval, never a curve point
+        (tmp_path / f"epoch-{e:04d}.safetensors").touch()
+    assert curve_epochs(tmp_path, epochs, points) == expected
 
 
 # ---------------------------------------------------------------------------------------------

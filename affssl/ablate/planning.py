@@ -79,7 +79,7 @@ class EvalSettings:
     batch_size: int = 256
     seed: int = 0  # the same probe seeds for every run, so variants meet the same splits
     curve: bool = False  # also probe every periodic epoch-NNNN checkpoint (linear, first data set)
-    curve_points: int | None = None  # with curve: train.checkpoint_every = max(1, epochs // N) for every run
+    curve_points: int | None = None  # with curve: N points per run; checkpoint_every = max(1, epochs // N)
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,8 @@ def plan(ablation: Ablation, build: SpecBuilder) -> list[PlannedRun]:
 
     Every spec is built (and so validated) here, before any run starts; an equal-time run's epochs are
     set later from measured times (affssl.ablate.study.resolve). With `curve_points` N, every run keeps
-    a checkpoint every max(1, epochs // N) epochs, so its curve has ≥ min(N, epochs) points.
+    a checkpoint every max(1, epochs // N) epochs, and its curve is min(N, epochs) of them, the last
+    epoch included (affssl.ablate.runner.curve_epochs).
     """
 
     def spec(v: Variant, s: int) -> RunSpec:

@@ -119,7 +119,7 @@ def _curve(run: PlannedRun, folder: Path, ev: EvalSettings, times: list[float], 
     stem = eval_path(folder, "linear", ev.datasets[0], run.spec).stem
     elapsed = [math.fsum(times[: e + 1]) for e in range(len(times))]
     points = []
-    for epoch in curve_epochs(folder, run.spec.train.epochs):
+    for epoch in curve_epochs(folder, run.spec.train.epochs, ev.curve_points):
         record = read_record(curve_checkpoint(folder, epoch).parent / runs.EVAL / f"{stem}.json")
         if record is not None and epoch <= len(elapsed):
             points.append(CurvePoint(epoch, elapsed[epoch - 1], float(record["result"]["top1_pct"])))

@@ -137,8 +137,8 @@ def evaluate(run: PlannedRun, folder: Path, ev: EvalSettings) -> None:
 
 
 def evaluate_curve(run: PlannedRun, folder: Path, ev: EvalSettings) -> None:
-    """Linear probe of every periodic checkpoint before the last epoch (the last is the main eval)."""
-    for epoch in curve_epochs(folder, run.spec.train.epochs):
+    """Linear probe of the curve's periodic checkpoints before the last epoch (the last is the main eval)."""
+    for epoch in curve_epochs(folder, run.spec.train.epochs, ev.curve_points):
         link = curve_checkpoint(folder, epoch)
         path = link.parent / runs.EVAL / eval_path(folder, "linear", ev.datasets[0], run.spec).name
         if current(read_record(path), epoch, ev, "linear"):
@@ -182,9 +182,22 @@ def curve_checkpoint(folder: Path, epoch: int) -> Path:
     return folder / CURVE / f"epoch-{epoch:04d}" / runs.epoch_checkpoint(folder, epoch).name
 
 
-def curve_epochs(folder: Path, epochs: int) -> list[int]:
+def curve_epochs(folder: Path, epochs: int, points: int | None = None) -> list[int]:
+    """The periodic checkpoints before the last epoch to probe (the last is the main eval).
+
+    All of them, or with `points` N the N − 1 nearest to k · epochs / N (k = 1 … N − 1; ties to the
+    later epoch), so that with the last epoch the curve has N points as evenly spaced as the kept
+    checkpoints allow: 6 epochs, N = 4 → 2, 3, 5 (+ 6).
+    """
     found = (p.stem.removeprefix("epoch-") for p in folder.glob("epoch-*.safetensors"))
-    return sorted(e for e in (int(s) for s in found if s.isdigit()) if e < epochs)
+    kept = sorted(e for e in (int(s) for s in found if s.isdigit()) if e < epochs)
+    if points is None or len(kept) < points:
+        return kept
+    chosen: list[int] = []
+    for k in range(1, points):
+        target = k * epochs / points
+        chosen.append(min((e for e in kept if e not in chosen), key=lambda e: (abs(e - target), -e)))
+    return sorted(chosen)
 
 
 def read_record(path: Path) -> dict | None:
@@ -219,7 +232,7 @@ def pending(run: PlannedRun, folder: Path, ev: EvalSettings) -> bool:
                 return True
     if ev.curve:
         name = eval_path(folder, "linear", ev.datasets[0], run.spec).name
-        for epoch in curve_epochs(folder, epochs):
+        for epoch in curve_epochs(folder, epochs, ev.curve_points):
             path = curve_checkpoint(folder, epoch).parent / runs.EVAL / name
             if not current(read_record(path), epoch, ev, "linear"):
                 return True

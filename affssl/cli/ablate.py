@@ -32,8 +32,8 @@ SubsetsOpt = Annotated[str | None, typer.Option(help="together: all listed compo
 StatUnitOpt = Annotated[str, typer.Option(help="seed: one sample per run; trial: one per linear-probe trial (paper "
                                                "§2.4); auto: trial for one seed.")]  # fmt: skip
 CurveOpt = Annotated[bool, typer.Option(help="Also probe each periodic checkpoint: accuracy vs epoch and vs time.")]
-CurvePointsOpt = Annotated[int | None, typer.Option(min=1, help="Implies --curve: a checkpoint every max(1, "
-                                                    "epochs // N) epochs, so ≥ min(N, epochs) points.")]  # fmt: skip
+CurvePointsOpt = Annotated[int | None, typer.Option(min=1, help="Implies --curve: N points per run (the last "
+                                                    "epoch and N − 1 evenly spaced checkpoints).")]  # fmt: skip
 FloorOpt = Annotated[bool, typer.Option(help="Per base: score the untrained encoder (BatchNorm settled).")]
 MatchTimeOpt = Annotated[bool, typer.Option(help="Per base and seed: the base trained for the + affine run's "
                                                  "measured time (epochs × t_affine / t_base).")]  # fmt: skip
