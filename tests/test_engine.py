@@ -130,6 +130,20 @@ def test_same_seed_gives_bit_identical_checkpoints(tmp_path, precision):
     assert not torch.equal(a["model.backbone.conv1.weight"], c["model.backbone.conv1.weight"])
 
 
+@pytest.mark.parametrize(("base", "prefix_equal"), [("simclr", True), ("barlow", True), ("byol", False)])
+def test_a_constant_rate_run_is_the_first_epochs_of_a_longer_one(tmp_path, base, prefix_equal):
+    """At a constant rate without warm-up, 2 epochs of a 3-epoch run are a 2-epoch run, bit for bit: nothing
+    but the EMA ramp (BYOL's τ → 1 over the whole run) depends on the run's length. results/cifar10-cpu-v2
+    reads shorter protocols off epoch checkpoints on the strength of this."""
+    common = [f"method.name={base}", "optim.name=adam", "optim.schedule=constant", "optim.warmup_epochs=0"]
+    short = load_file(pretrain(tiny(*common, "train.epochs=2"), tmp_path / "short", show_progress=False))
+    pretrain(tiny(*common, "train.epochs=3", "train.checkpoint_every=1"), tmp_path / "long", show_progress=False)
+    prefix = load_file(runs.epoch_checkpoint(tmp_path / "long", 2))
+    weights = [k for k in short if k.startswith("model.")]
+    assert weights and all(k in prefix for k in weights)
+    assert all(torch.equal(short[k], prefix[k]) for k in weights) == prefix_equal
+
+
 def test_bf16_and_fp32_runs_differ_but_stay_close(tmp_path):
     """The policy is really applied (bf16 changes the numbers) and bf16 stays near fp32 after a few steps."""
     runs_ = {p: load_file(pretrain(tiny("train.epochs=1", f"train.precision={p}"), tmp_path / p, show_progress=False))
