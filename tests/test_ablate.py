@@ -477,3 +477,50 @@ def test_study_command_floor_match_time_all_probes_and_curves(tmp_path, monkeypa
     for png in ("curve.png", "r2-affine-digits.png", "variants-linear-digits.png", "cost.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "simclr/base/seed-0/curve/epoch-0001/eval/linear-digits.json").is_file()  # 2 curve points
+
+
+# ---------------------------------------------------------------------------------------------
+# --jobs: several runs at once, each in its own process
+
+
+def test_jobs_run_the_same_runs_as_one_at_a_time_and_wait_for_equal_time_references(tmp_path, monkeypatch):
+    from affssl.ablate.runner import worker_threads
+
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    argv = ["ablate", "--components", "scale", "--subsets", "together", "--base", "simclr", "--seeds", "2",
+            "--set", "backbone.width=4", "--set", "data.image_size_px=8", "--batch-size", "32", "--limit", "32",
+            "--epochs", "2", "--device", "cpu", "--match-time", "--eval", "linear,knn", *PROBE]  # fmt: skip
+    parallel = runner.invoke(app, [*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")])
+    assert parallel.exit_code == 0, parallel.output
+    assert parallel.output.count("done in") == 8
+    threads = torch.get_num_threads()
+    torch.set_num_threads(worker_threads(2))  # the workers' threads: the same arithmetic, bit for bit
+    try:
+        sequential = runner.invoke(app, [*argv, "--out", str(tmp_path / "one")])
+    finally:
+        torch.set_num_threads(threads)
+    assert sequential.exit_code == 0, sequential.output
+
+    def rows(folder: Path) -> dict[str, dict]:
+        with open(folder / "results.csv") as f:
+            return {r["run"]: r for r in csv.DictReader(f)}
+
+    jobs, one = rows(tmp_path / "jobs"), rows(tmp_path / "one")
+    assert jobs.keys() == one.keys() and len(jobs) == 8
+    for run, row in jobs.items():
+        if row["kind"] != "equal-time":  # its epochs come from measured times, which differ between calls
+            for metric in ("linear-digits", "knn-digits-k20", "final_loss", "epochs"):
+                assert row[metric] == one[run][metric], (run, metric)
+    for seed in (0, 1):  # an equal-time run started after its references finished: its epochs are theirs
+        folder = tmp_path / "jobs" / f"simclr/base-equal-time/seed-{seed}"
+        match = json.loads((folder / "match.json").read_text())
+        assert match["epochs"] == max(1, round(2 * match["t_affine_s"] / match["t_base_s"]))
+        assert RunSpec.model_validate_json((folder / runs.SPEC).read_text()).train.epochs == match["epochs"]
+
+    again = runner.invoke(app, [*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")])
+    assert again.exit_code == 0 and again.output.count("skipped (finished)") == 8
+
+
+def test_jobs_below_one_is_refused_in_one_line():
+    result = runner.invoke(app, ["ablate", "--components", "scale", "--jobs", "0"])
+    assert result.exit_code == 2 and "--jobs" in result.output

@@ -25,16 +25,18 @@ class Outputs:
     planned: int
 
 
-def run(ablation: Ablation, planned: list[PlannedRun], out: Path, unit: str = "auto", report=None) -> Outputs:
-    """Write OUT/ablate.json, bring every run to done (skipping finished ones), then write the outputs."""
+def run(
+    ablation: Ablation, planned: list[PlannedRun], out: Path, unit: str = "auto", report=None, jobs: int = 1
+) -> Outputs:
+    """Write OUT/ablate.json, bring every run to done (finished ones skipped, `jobs` at once), write the outputs."""
     from affssl.ablate.runner import execute
 
     if unit not in ("auto", "seed", "trial"):
         raise UserError(f"--stat-unit {unit!r}: choose auto, seed or trial")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("ablate runs its runs one after another in one process; start it without torchrun")
+        raise UserError("ablate runs its runs itself (--jobs N for several at once); start it without torchrun")
     write_plan(out, ablation, planned)
-    execute(planned, out, ablation.eval, report or (lambda event: None))
+    execute(planned, out, ablation.eval, report or (lambda event: None), jobs)
     return write_outputs(ablation, planned, out, unit)
 
 

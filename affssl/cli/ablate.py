@@ -38,6 +38,8 @@ FloorOpt = Annotated[bool, typer.Option(help="Per base: score the untrained enco
 MatchTimeOpt = Annotated[bool, typer.Option(help="Per base and seed: the base trained for the + affine run's "
                                                  "measured time (epochs × t_affine / t_base).")]  # fmt: skip
 AblateOutOpt = Annotated[Path | None, typer.Option("--out", help="Folder (default ablations/<preset or custom>).")]
+JobsOpt = Annotated[int, typer.Option(min=1, help="Runs at once, each in its own process with 1/N of the "
+                                            "threads (faster on a few CPU cores; see README).")]  # fmt: skip
 EvalDatasetsOpt = Annotated[str | None, typer.Option(help="Comma list of data sets to probe (default: the "
                                                           "pretraining one).")]  # fmt: skip
 
@@ -66,6 +68,7 @@ def ablate(
     floor: FloorOpt = True,
     match_time: MatchTimeOpt = False,
     stat_unit: StatUnitOpt = "auto",
+    jobs: JobsOpt = 1,
     dataset: DatasetOpt = None,
     backbone: BackboneOpt = None,
     epochs: EpochsOpt = None,
@@ -122,18 +125,22 @@ def ablate(
     task = progress.add_task("ablate", total=len(planned))
     doing = {"train": "pretraining", "resume": "resuming", "evaluate": "evaluating", "curve": "probing checkpoints"}
 
+    active: dict[int, str] = {}  # plan index → what that run is doing (several with --jobs)
+
     def report(e) -> None:
         who = f"[{e.index}/{e.total}] {e.run.variant.name} seed {e.run.seed}"
         if e.phase in doing:
-            progress.update(task, description=f"{who}: {doing[e.phase]}")
+            active[e.index] = f"{who}: {doing[e.phase]}"
+            progress.update(task, description=" | ".join(active.values()))
             return
+        active.pop(e.index, None)
         word = "[dim]skipped (finished)[/]" if e.phase == "skip" else f"[green]done[/] in {e.seconds:.0f} s"
         progress.console.print(f"{who} {word}", highlight=False)
-        progress.update(task, advance=1, description="ablate")
+        progress.update(task, advance=1, description=" | ".join(active.values()) or "ablate")
 
     t0 = time.perf_counter()
     with progress:
-        result = ab.run(ablation, planned, folder, stat_unit, report)
+        result = ab.run(ablation, planned, folder, stat_unit, report, jobs)
     for metric, stats in result.tables.items():
         out.print(rich_table(metric, stats))
     out.print(
