@@ -524,3 +524,18 @@ def test_jobs_run_the_same_runs_as_one_at_a_time_and_wait_for_equal_time_referen
 def test_jobs_below_one_is_refused_in_one_line():
     result = runner.invoke(app, ["ablate", "--components", "scale", "--jobs", "0"])
     assert result.exit_code == 2 and "--jobs" in result.output
+
+
+def test_curves_start_at_epoch_0_from_the_floor_and_count_their_seeds():
+    from affssl.ablate.plots import curve_means
+    from affssl.ablate.results import CurvePoint, Row
+
+    variant = ab.variants(ab.make_ablation(default_base="simclr", first_seed=0, components="scale"))[0]
+    rows = [Row(variant, s, {}, 0.0, 0.0, curve=[CurvePoint(1, 10.0 + s, 30.0 + s), CurvePoint(2, 20.0, 40.0)])
+            for s in range(2)] + [Row(variant, 2, {}, 0.0, 0.0, curve=[CurvePoint(1, 12.0, 32.0)])]  # fmt: skip
+    points = curve_means(rows, start=[20.0, 22.0, 24.0])
+    assert points[0][:3] == (0, 0.0, 22.0) and points[0][4] == 3
+    assert points[0][3] == pytest.approx(stats.t.ppf(0.975, 2) * 2.0 / math.sqrt(3))
+    assert points[1][:3] == (1, 11.0, 31.0) and points[1][4] == 3
+    assert points[2][:3] == (2, 20.0, 40.0) and points[2][4] == 2  # one seed stopped at epoch 1
+    assert curve_means(rows)[0][0] == 1  # no floor: the curve starts at the first probed epoch

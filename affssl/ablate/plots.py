@@ -61,49 +61,59 @@ def plot_cost(metric: str, stats: list[VariantStats], path: Path) -> Path:
     return path
 
 
-def curve_means(rows: list[Row]) -> list[tuple[int, float, float, float]]:
-    """(epoch, mean wall seconds, mean value, CI half-width or NaN) over a variant's seeds."""
+def curve_means(rows: list[Row], start: list[float] | None = None) -> list[tuple[int, float, float, float, int]]:
+    """(epoch, mean wall seconds, mean value, CI half-width or NaN, n) over a variant's seeds.
+
+    `start`: the floor's values (the same initial weights, BatchNorm settled), the curve's epoch 0 at 0 s.
+    """
     epochs = sorted({p.epoch for r in rows for p in r.curve})
-    out = []
+    out = [(0, 0.0, mean(start), ci_half_width(start), len(start))] if start else []
     for e in epochs:
         points = [p for r in rows for p in r.curve if p.epoch == e]
         values = [p.value for p in points]
-        out.append((e, mean([p.wall_s for p in points]), mean(values), ci_half_width(values)))
+        out.append((e, mean([p.wall_s for p in points]), mean(values), ci_half_width(values), len(points)))
     return out
 
 
 def plot_curves(metric: str, rows: list[Row], path: Path) -> Path | None:
     """Per base (one row of panels): accuracy against epoch and against training seconds, every variant
-    with a curve (the equal-time base included); the floor as a dotted line. None when no run has a curve."""
+    with a curve (the equal-time base included), each starting at epoch 0 from the floor when the study
+    has one (the floor is the runs' initial weights); the floor also as a dotted line. A variant whose
+    seeds ran different epochs (equal time) is a line through the epochs every seed reached, with the
+    other points as single markers. None when no run has a curve."""
     bases = list(dict.fromkeys(r.variant.base for r in rows if r.curve))
     if not bases:
         return None
     fig = Figure(figsize=(12, 4.5 * len(bases)))
     panels = fig.subplots(len(bases), 2, sharey="row", squeeze=False)
     for (by_epoch, by_time), base in zip(panels, bases, strict=True):
+        floor = [r.metrics[metric] for r in rows if r.variant.kind == "floor" and r.variant.base == base
+                 and metric in r.metrics]  # fmt: skip
         groups: dict[str, list[Row]] = {}
         for r in rows:
             if r.curve and r.variant.base == base:
                 groups.setdefault(r.variant.name, []).append(r)
         for i, (name, rs) in enumerate(groups.items()):
-            points = curve_means(rs)
+            points = curve_means(rs, floor)
+            full = [p for p in points if p[4] == len(rs) or p[0] == 0]
+            partial = [p for p in points if p not in full]
             style = "--" if rs[0].variant.baseline else "-"
-            for ax, x in ((by_epoch, [p[0] for p in points]), (by_time, [p[1] for p in points])):
-                y = [p[2] for p in points]
+            for ax, k in ((by_epoch, 0), (by_time, 1)):
+                x, y = [p[k] for p in full], [p[2] for p in full]
                 ax.plot(x, y, style, marker="o", markersize=3, color=_colour(i), label=name)
-                ci = [0.0 if math.isnan(p[3]) else p[3] for p in points]
+                ci = [0.0 if math.isnan(p[3]) else p[3] for p in full]
                 ax.fill_between(x, [a - c for a, c in zip(y, ci, strict=True)],
                                 [a + c for a, c in zip(y, ci, strict=True)], color=_colour(i), alpha=0.15,
                                 linewidth=0)  # fmt: skip
-        floor = [r.metrics[metric] for r in rows if r.variant.kind == "floor" and r.variant.base == base
-                 and metric in r.metrics]  # fmt: skip
+                if partial:
+                    ax.plot([p[k] for p in partial], [p[2] for p in partial], "x", color=_colour(i))
         for ax in (by_epoch, by_time):
             if floor:
                 ax.axhline(mean(floor), linestyle=":", color="grey", label=f"{base}/floor (untrained)")
             ax.grid(alpha=0.3)
         by_epoch.set_ylabel(f"{base}: {metric}, {unit_label(metric)}\n(band: 95 % CI over seeds)")
         by_time.legend(fontsize=7, loc="lower right")
-    panels[-1][0].set_xlabel("pretraining epoch")
+    panels[-1][0].set_xlabel("pretraining epoch (× : reached by some seeds only)")
     panels[-1][1].set_xlabel("training wall-clock seconds")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)

@@ -11,6 +11,8 @@ A floor's "training" writes its epoch-0 checkpoint (affssl.floor); an equal-time
 from its base and + affine runs when they are finished (affssl.ablate.study), just before it starts.
 Periodic checkpoints (epoch-NNNN.safetensors) are probed with `--curve`; each is hard-linked into
 RUN/curve/epoch-NNNN/ so that its eval record lands in its own folder, not over the final one.
+Runs go one at a time in plan order, or with --jobs N up to N at once in worker processes
+(`execute_parallel`); either way each run folder goes through the same steps.
 """
 
 from __future__ import annotations
