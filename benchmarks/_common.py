@@ -18,7 +18,7 @@ from affssl.data import batches, load_dataset
 from affssl.engine import PURPOSES, generator, resolve_device
 from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
-from affssl.spec import DataSpec, RunSpec, load_spec
+from affssl.spec import METHOD_SPECS, DataSpec, RunSpec, load_spec
 
 __all__ = [
     "EngineStep",
@@ -29,6 +29,7 @@ __all__ = [
     "run_spec",
     "seconds",
     "step_args",
+    "study_step_args",
     "sync",
 ]
 
@@ -53,6 +54,16 @@ def step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
+
+
+def study_step_args(p: argparse.ArgumentParser) -> None:
+    """The CPU study's step (SimCLR + affine, ResNet-18 w16, 16 px, batch 256): profile_step.py, jobs_speed.py."""
+    p.add_argument("--base", default="simclr", choices=sorted(METHOD_SPECS))
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True)
 
 
 def sync(device: torch.device) -> None:

@@ -18,9 +18,7 @@ import multiprocessing
 import statistics
 
 import torch
-from _common import EngineStep, images, machine, run_spec, seconds
-
-from affssl.spec import METHOD_SPECS
+from _common import EngineStep, images, machine, run_spec, seconds, study_step_args
 
 CPU = torch.device("cpu")
 
@@ -50,12 +48,7 @@ def rate(processes: int, threads: int, args: argparse.Namespace) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base", default="simclr", choices=sorted(METHOD_SPECS))
-    p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--image-size", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True)
+    study_step_args(p)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="T: all of them, by default")
     p.add_argument("--steps", type=int, default=20, help="timed steps per process and repeat")

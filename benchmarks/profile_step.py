@@ -17,10 +17,9 @@ import argparse
 import statistics
 import time
 
-from _common import EngineStep, images, machine, resolve_device, run_spec, seconds, sync
+from _common import EngineStep, images, machine, resolve_device, run_spec, seconds, study_step_args, sync
 
 from affssl import augment
-from affssl.spec import METHOD_SPECS
 
 
 def stage_times(e: EngineStep) -> dict[str, float]:
@@ -55,12 +54,7 @@ def stage_times(e: EngineStep) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base", default="simclr", choices=sorted(METHOD_SPECS))
-    p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--image-size", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True)
+    study_step_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args()
