@@ -484,7 +484,7 @@ def test_study_command_floor_match_time_all_probes_and_curves(tmp_path, monkeypa
 
 
 def test_jobs_run_the_same_runs_as_one_at_a_time_and_wait_for_equal_time_references(tmp_path, monkeypatch):
-    from affssl.ablate.runner import worker_threads
+    from affssl.ablate.parallel import worker_threads
 
     monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
     argv = ["ablate", "--components", "scale", "--subsets", "together", "--base", "simclr", "--seeds", "2",

@@ -8,6 +8,7 @@ Modules, each importing only those before it:
     planning  presets, variants, the plan and OUT/ablate.json
     study     the floor (untrained encoder) and the equal-time baseline's epochs
     runner    each run folder left alone, trained, resumed, restarted or evaluated
+    parallel  --jobs N: several runs at once in worker processes
     results   results.csv rows from the run folders, statistics per variant
     summary   summary.md and the terminal's tables
     plots     the PNG plots
