@@ -71,10 +71,10 @@ def execute_parallel(planned: list[PlannedRun], out: Path, ev: EvalSettings, rep
                         done.add(run.folder)
                         report(Event(i, total, run, "skip"))
                         continue
-                    report(Event(i, total, run, "evaluate" if state == "evaluate" else state))
+                    report(Event(i, total, run, state))
                     running[pool.submit(_worker_run, run, out, ev, state, m)] = run
-                if not running:
-                    break  # nothing ready and nothing to wait for: cannot happen with a valid plan
+                if not running:  # runs wait for references that are not in the plan
+                    raise RuntimeError(f"ablate: no run can start: {', '.join(str(r.folder) for r in waiting)}")
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     run = running.pop(future)
