@@ -73,8 +73,10 @@ def execute_parallel(planned: list[PlannedRun], out: Path, ev: EvalSettings, rep
                         continue
                     report(Event(i, total, run, state))
                     running[pool.submit(_worker_run, run, out, ev, state, m)] = run
-                if not running:  # runs wait for references that are not in the plan
-                    raise RuntimeError(f"ablate: no run can start: {', '.join(str(r.folder) for r in waiting)}")
+                if not running:
+                    if waiting:  # runs wait for references that are not in the plan
+                        raise RuntimeError(f"ablate: no run can start: {', '.join(str(r.folder) for r in waiting)}")
+                    break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     run = running.pop(future)
