@@ -11,8 +11,6 @@ A floor's "training" writes its epoch-0 checkpoint (affssl.floor); an equal-time
 from its base and + affine runs when they are finished (affssl.ablate.study), just before it starts.
 Periodic checkpoints (epoch-NNNN.safetensors) are probed with `--curve`; each is hard-linked into
 RUN/curve/epoch-NNNN/ so that its eval record lands in its own folder, not over the final one.
-Runs go one at a time in plan order, or with --jobs N up to N at once in worker processes
-(affssl.ablate.parallel); either way each run folder goes through the same steps.
 """
 
 from __future__ import annotations
@@ -60,11 +58,8 @@ Reporter = Callable[[Event], None]
 def execute(
     planned: list[PlannedRun], out: Path, ev: EvalSettings, report: Reporter = lambda e: None, jobs: int = 1
 ) -> None:
-    """Bring every planned run to "done", in plan order; finished runs cost one header read.
-
-    jobs 1: one run after another in this process. jobs N > 1: up to N runs at once, each in a
-    worker process with 1/N of this process's torch threads (affssl.ablate.parallel).
-    """
+    """Bring every planned run to "done"; finished runs cost one header read. jobs 1: one after another in plan
+    order, here; jobs N > 1: up to N at once in worker processes (affssl.ablate.parallel), the same steps per run."""
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: give at least 1")
     if jobs > 1:
