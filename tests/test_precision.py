@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from affssl import affine, augment, precision
-from affssl.backbone_spec import BackboneSpec
 from affssl.backbones import build_backbone
 from affssl.errors import UserError
 from affssl.methods.barlow import barlow_loss
 from affssl.methods.byol import byol_loss
 from affssl.methods.simclr import nt_xent
 from affssl.spec import AffineSpec, AugmentSpec, TrainSpec
+from affssl.spec.backbone import BackboneSpec
 
 CPU = torch.device("cpu")
 

@@ -29,14 +29,22 @@ def run(
     ablation: Ablation, planned: list[PlannedRun], out: Path, unit: str = "auto", report=None, jobs: int = 1
 ) -> Outputs:
     """Write OUT/ablate.json, bring every run to done (finished ones skipped, `jobs` at once), write the outputs."""
-    from affssl.ablate.runner import execute
-
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: give at least 1")
     if unit not in ("auto", "seed", "trial"):
         raise UserError(f"--stat-unit {unit!r}: choose auto, seed or trial")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("ablate runs its runs itself (--jobs N for several at once); start it without torchrun")
     write_plan(out, ablation, planned)
-    execute(planned, out, ablation.eval, report or (lambda event: None), jobs)
+    report = report or (lambda event: None)
+    if jobs > 1:
+        from affssl.ablate.parallel import execute_parallel
+
+        execute_parallel(planned, out, ablation.eval, report, jobs)
+    else:
+        from affssl.ablate.runner import execute
+
+        execute(planned, out, ablation.eval, report)
     return write_outputs(ablation, planned, out, unit)
 
 

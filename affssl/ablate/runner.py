@@ -55,18 +55,9 @@ class Event:
 Reporter = Callable[[Event], None]
 
 
-def execute(
-    planned: list[PlannedRun], out: Path, ev: EvalSettings, report: Reporter = lambda e: None, jobs: int = 1
-) -> None:
-    """Bring every planned run to "done"; finished runs cost one header read. jobs 1: one after another in plan
-    order, here; jobs N > 1: up to N at once in worker processes (affssl.ablate.parallel), the same steps per run."""
-    if jobs < 1:
-        raise UserError(f"--jobs {jobs}: give at least 1")
-    if jobs > 1:
-        from affssl.ablate.parallel import execute_parallel  # it imports this module
-
-        execute_parallel(planned, out, ev, report, jobs)
-        return
+def execute(planned: list[PlannedRun], out: Path, ev: EvalSettings, report: Reporter = lambda e: None) -> None:
+    """Bring every planned run to "done", one after another in plan order; finished runs cost one header read.
+    Several at once: affssl.ablate.parallel.execute_parallel (affssl.ablate.pipeline.run chooses by --jobs)."""
     cache: dict[str, Dataset] = {}  # the last loaded training data (runs are ordered seed-outermost)
     for i, run in enumerate(planned, 1):
         t0 = time.perf_counter()

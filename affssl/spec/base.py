@@ -1,4 +1,4 @@
-"""The base of every spec (affssl.spec, affssl.backbone_spec, affssl.method_specs): strict and frozen.
+"""The base of every spec (affssl.spec, affssl.spec.backbone, affssl.spec.methods): strict and frozen.
 
 Strict: an unknown key is an error, never ignored. Frozen: a validated spec never changes.
 """

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from affssl.spec_base import FrozenSpec
+from affssl.spec.base import FrozenSpec
 
 
 class SimCLRSpec(FrozenSpec):

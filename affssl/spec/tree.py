@@ -13,7 +13,7 @@ import tomllib
 from typing import Any
 
 from affssl.errors import UserError
-from affssl.method_specs import METHOD_SPECS
+from affssl.spec.methods import METHOD_SPECS
 
 BASES_KEY = "bases"
 

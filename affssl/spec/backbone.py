@@ -10,7 +10,7 @@ from functools import cache
 
 from pydantic import Field, field_validator, model_validator
 
-from affssl.spec_base import FrozenSpec
+from affssl.spec.base import FrozenSpec
 
 # affssl's own ResNets (torchvision's blocks and key names) take a width; every other name is built by
 # torchvision.models.get_model. The CIFAR stem applies to the models of torchvision's ResNet class.

@@ -1,0 +1,153 @@
+"""The RunSpec and how one is made: TOML files (or bundled presets) plus dotted `--set a.b=c` overrides.
+
+The sections live in affssl.spec.sections, the encoder's in affssl.spec.backbone, the base methods'
+in affssl.spec.methods; affssl.spec.tree holds what is done to the raw tree before validation.
+Nothing below the CLI handles a raw dict: the CLI turns a TOML file plus overrides into a validated
+`RunSpec`, and each module receives the sub-spec it needs.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError, model_validator
+
+from affssl.spec.backbone import STEM_FAMILY, WIDTH_RESNETS, BackboneSpec
+from affssl.spec.base import FrozenSpec as _Spec
+from affssl.spec.methods import DEFAULT_AFFINE_WEIGHT, METHOD_SPECS, MethodSpec, SimCLRSpec
+from affssl.spec.sections import PRESETS, AffineSpec, AugmentSpec, DataSpec, OptimSpec, TrainSpec
+from affssl.spec.tree import (
+    BASES_KEY,
+    SpecError,
+    apply_override,
+    copy_tree,
+    flatten,
+    merge,
+    method_name,
+    per_base_tables,
+)
+
+
+class RunSpec(_Spec):
+    data: DataSpec = DataSpec()
+    augment: AugmentSpec = AugmentSpec()
+    affine: AffineSpec = AffineSpec()
+    backbone: BackboneSpec = BackboneSpec()
+    method: MethodSpec = SimCLRSpec()
+    optim: OptimSpec = OptimSpec()
+    train: TrainSpec = TrainSpec()
+
+    @model_validator(mode="after")
+    def _resolve(self) -> RunSpec:
+        # Fill what depends on other sections, so the written spec holds the values used.
+        updates: dict[str, Any] = {}
+        if self.affine.weight is None:
+            w = DEFAULT_AFFINE_WEIGHT[self.method.name]
+            updates["affine"] = self.affine.model_copy(update={"weight": w})
+        if self.backbone.cifar_stem is None:
+            stem = self.data.image_size_px <= 64 and self.backbone.name.startswith(STEM_FAMILY)
+            updates["backbone"] = self.backbone.model_copy(update={"cifar_stem": stem})
+        for key, value in updates.items():
+            object.__setattr__(self, key, value)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: TOML (a path or a bundled preset) + dotted overrides → validated RunSpec
+
+
+def read_toml(source: str | Path) -> dict[str, Any]:
+    """Read a spec file, or a bundled preset by name (default, paper, cifar10-cpu)."""
+    if str(source) in PRESETS:
+        text = resources.files("affssl.presets").joinpath(f"{source}.toml").read_text()
+        where = f"preset {source!r}"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"spec file {path} does not exist; pass a TOML file or one of: {', '.join(PRESETS)}")
+        text, where = path.read_text(), str(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{where} is not valid TOML ({err}); fix the syntax") from None
+
+
+def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
+    """A spec tree plus dotted overrides → a validated RunSpec.
+
+    A tree may hold per-base settings, `[bases.<method>]` tables of the same sections (a protocol's
+    BYOL learning rate, say): the table of the run's base method is merged over the tree, and the
+    overrides are applied over both, so a command line always wins. Every table is validated, used
+    or not, so a typo in one surfaces on any run of the file.
+    """
+    tree = copy_tree(tree)  # deep copy; overrides never touch the source
+    overrides = list(overrides)
+    scratch = copy_tree(tree)
+    for assignment in overrides:  # first pass: which base, and the per-base tables as overridden
+        apply_override(scratch, assignment)
+    per_base = per_base_tables(scratch.pop(BASES_KEY, {}))
+    tree.pop(BASES_KEY, None)
+    name = method_name(scratch)
+    for other, table in per_base.items():
+        if other != name:
+            _check_base_table(tree, other, table)
+    file_backbone = dict(tree["backbone"]) if isinstance(tree.get("backbone"), dict) else {}
+    table = per_base.get(name, {}) if isinstance(name, str) else {}
+    merge(tree, table)
+    own = [a for a in overrides if a.partition("=")[0].strip().split(".")[0] != BASES_KEY]
+    for assignment in own:
+        apply_override(tree, assignment)
+    _drop_file_backbone_options(tree, file_backbone, own + [f"{k}=" for k in flatten(table)])
+    # The method section's discriminator defaults to simclr so a TOML may omit it.
+    if isinstance(tree.get("method"), dict):
+        tree["method"].setdefault("name", "simclr")
+        name = tree["method"]["name"]
+        if not isinstance(name, str) or name not in METHOD_SPECS:  # a list or table is no name (found by fuzzing)
+            raise SpecError(f"unknown base method {name!r}; choose one of {', '.join(METHOD_SPECS)}")
+    try:
+        return RunSpec.model_validate(tree)
+    except ValidationError as err:
+        raise SpecError(describe(err)) from None
+
+
+def _check_base_table(tree: dict[str, Any], name: str, table: dict[str, Any]) -> None:
+    """Validate an unused per-base table as the spec it would make, naming it in the error."""
+    probe = copy_tree(tree)
+    if method_name(probe) != name:
+        probe["method"] = {"name": name}
+    merge(probe, table)
+    try:
+        RunSpec.model_validate(probe)
+    except ValidationError as err:
+        raise SpecError(f"[{BASES_KEY}.{name}]: {describe(err)}") from None
+
+
+def _drop_file_backbone_options(tree: dict[str, Any], file_backbone: dict[str, Any], overrides: list[str]) -> None:
+    """A file's width and stem belong to its ResNet: an override naming a model without a width drops them."""
+    backbone = tree.get("backbone")
+    name = backbone.get("name", "resnet18") if isinstance(backbone, dict) else "resnet18"
+    if name == file_backbone.get("name", "resnet18") or name in WIDTH_RESNETS:
+        return
+    overridden = {a.partition("=")[0].strip() for a in overrides}
+    for key in ("width", "cifar_stem"):
+        if key in file_backbone and f"backbone.{key}" not in overridden:
+            backbone.pop(key, None)
+
+
+def load_spec(source: str | Path | None = None, overrides: list[str] = ()) -> RunSpec:
+    return build_spec(read_toml(source) if source is not None else {}, list(overrides))
+
+
+def describe(err: ValidationError) -> str:
+    """One line per problem, each naming the dotted field: 'train.epochs: …'."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(tuple(METHOD_SPECS)))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling (see `affssl pretrain --print-spec`)"
+        lines.append(f"{loc or 'spec'}: {msg}")
+    return "invalid spec: " + "; ".join(lines)
