@@ -78,10 +78,12 @@ class LARS(torch.optim.Optimizer):
 
     @staticmethod
     def _scaled(p: Tensor, g: Tensor, lr: float, wd: float, eta: float, clip_lr: bool) -> Tensor:
-        """r·(g + λ·w) where both norms are positive, else g (0-d tensors: no host sync)."""
+        """r·(g + λ·w) where both norms are positive, else g: one pass over the tensor, the choice made on 0-d
+        tensors (no host sync)."""
         w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)  # () each
+        ok = ((w_norm > 0) & (g_norm > 0)).to(p.dtype)  # () 1 or 0
         ratio = eta * w_norm / (g_norm + wd * w_norm + EPS)  # ()
         if clip_lr:
             ratio = torch.clamp(ratio / lr, max=1.0)
-        scaled = g.add(p, alpha=wd).mul_(ratio)
-        return torch.where((w_norm > 0) & (g_norm > 0), scaled, g)
+        ratio = ok * ratio + (1 - ok)  # () r, or exactly 1
+        return torch.addcmul(g, p, ok * wd).mul_(ratio)  # g + (λ or exactly 0)·w, times the ratio
