@@ -8,8 +8,11 @@ model whose final classification `nn.Linear` (the last one in module order with 
 to the number of classes: resnet `fc`, convnext `classifier.2`, mobilenet_v3 `classifier.3`, vit
 `heads.head`, …) is `nn.Identity()`, and, for the ResNet family (resnet*, resnext*, wide_resnet*)
 with the CIFAR stem, `conv1 = Conv2d(3, 64, 3, 1, 1, bias=False)` and `maxpool = Identity()`.
-ViT and MaxViT are built for the data's image size. Each encoder maps (B, 3, S, S) → (B, F) and
-carries `feat_dim` (F, the in_features of the removed Linear) and `removed_head` (its dotted name).
+ViT and MaxViT are built for the data's image size. `vit_tiny` and `vit_small` are
+`torchvision.models.VisionTransformer(**torchvision_kwargs(spec, S))`: ViT-Ti (12 layers, 3 heads,
+width 192, MLP 768) and ViT-S (12, 6, 384, 1536) with `patch_px` patches at S px, head `heads.head`.
+Each encoder maps (B, 3, S, S) → (B, F) and carries `feat_dim` (F, the in_features of the removed
+Linear) and `removed_head` (its dotted name).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from affssl.errors import UserError
-from affssl.spec import STEM_FAMILY, BackboneSpec
+from affssl.spec import SMALL_VITS, STEM_FAMILY, BackboneSpec, default_patch_px
 
 ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
@@ -104,6 +107,15 @@ def builder_kwargs(name: str, image_size_px: int | None) -> dict:
     return kwargs
 
 
+def torchvision_kwargs(spec: BackboneSpec, image_size_px: int | None) -> dict:
+    """Keyword arguments of the torchvision constructor that builds the model: VisionTransformer's for the small
+    ViTs (image_size, patch_size and the SMALL_VITS shape), else get_model's besides the name and weights=None."""
+    if spec.name not in SMALL_VITS:
+        return builder_kwargs(spec.name, image_size_px)
+    size = image_size_px or 224  # torchvision's ViT default
+    return {"image_size": size, "patch_size": spec.patch_px or default_patch_px(image_size_px), **SMALL_VITS[spec.name]}
+
+
 def find_head(model: nn.Module, name: str = "model") -> tuple[str, nn.Linear]:
     """(dotted name, layer) of the final classification Linear: the last with NUM_CLASSES outputs."""
     heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == NUM_CLASSES]
@@ -120,7 +132,11 @@ def torchvision_model(spec: BackboneSpec, image_size_px: int | None = None) -> n
     if spec.width != 64:
         raise UserError(f"torchvision's {spec.name} has width 64; this backbone has width {spec.width}")
     try:
-        model = torchvision.models.get_model(spec.name, weights=None, **builder_kwargs(spec.name, image_size_px))
+        kwargs = torchvision_kwargs(spec, image_size_px)
+        if spec.name in SMALL_VITS:
+            model = torchvision.models.VisionTransformer(**kwargs)
+        else:
+            model = torchvision.models.get_model(spec.name, weights=None, **kwargs)
     except (AssertionError, ValueError) as err:  # e.g. a ViT image size that the patch size does not divide
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(
@@ -142,8 +158,10 @@ def recipe(spec: BackboneSpec, image_size_px: int | None, removed_head: str) -> 
     """How to build the torchvision model that loads an export strictly (Python, one line)."""
     if spec.width != 64:
         return f"none: width {spec.width} is not torchvision's 64; load it with affssl.load_backbone(path)"
-    args = "".join(f", {k}={v!r}" for k, v in builder_kwargs(spec.name, image_size_px).items())
+    args = "".join(f", {k}={v!r}" for k, v in torchvision_kwargs(spec, image_size_px).items())
     steps = [f"m = torchvision.models.get_model({spec.name!r}, weights=None{args})"]
+    if spec.name in SMALL_VITS:
+        steps = [f"m = torchvision.models.VisionTransformer({args.removeprefix(', ')})"]
     if spec.cifar_stem and spec.name.startswith(STEM_FAMILY):
         steps += ["m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)", "m.maxpool = nn.Identity()"]
     steps.append(f"m.{_attribute_path(removed_head)} = nn.Identity()")

@@ -4,7 +4,9 @@ Safetensors: the tensors are exactly the state dict of `torchvision.models.get_m
 final classification Linear replaced by nn.Identity() (and the same stem, for a ResNet with the CIFAR
 stem): `backbones.torchvision_model`, so `model.load_state_dict(load_file(path), strict=True)` works;
 the header holds format affssl.backbone/1, the backbone spec, the input size, the replaced layer
-(`removed_head`) and the one-line recipe of that model (`torchvision_model`), the source
+(`removed_head`), the one-line recipe of that model (`torchvision_model`) and the keyword arguments
+of the torchvision constructor it calls (`torchvision_kwargs`, JSON: for vit_tiny/vit_small
+`torchvision.models.VisionTransformer(**kwargs)`, else `get_model(name, weights=None, **kwargs)`), the source
 checkpoint's sha256 and its full spec. `affssl.load_backbone(path)` reads either kind of file.
 ONNX needs the optional extra (`pip install 'affssl[onnx]'`); its output is checked against torch
 with onnxruntime before the file is put in place.
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from affssl import checkpoint
-from affssl.backbones import recipe
+from affssl.backbones import recipe, torchvision_kwargs
 from affssl.checkpoint import BACKBONE_FORMAT, TRAIN_FORMAT
 from affssl.errors import UserError
 from affssl.eval.features import Source, backbone_tensors, build_from, load_backbone, open_source
@@ -68,6 +70,7 @@ def _metadata(source: Source, backbone: nn.Module) -> dict[str, str]:
         "feat_dim": backbone.feat_dim,
         "removed_head": f"{backbone.removed_head} (the final classification nn.Linear, now nn.Identity())",
         "torchvision_model": recipe(source.backbone, source.image_size_px, backbone.removed_head),
+        "torchvision_kwargs": torchvision_kwargs(source.backbone, source.image_size_px),
         "input": INPUT,
         "source": source.path.name,
         "source_sha256": source.sha256,

@@ -93,7 +93,7 @@ def test_old_spec_headers_still_validate():
 
 @pytest.mark.parametrize("flag", ["--backbone", "--set"])
 def test_unknown_backbone_is_one_line_that_says_how_to_list_names(flag):
-    args = ["--backbone", "resnet19"] if flag == "--backbone" else ["--set", "backbone.name=vit_tiny"]
+    args = ["--backbone", "resnet19"] if flag == "--backbone" else ["--set", "backbone.name=vit_giant"]
     result = CliRunner().invoke(app, ["pretrain", *args, "--print-spec"])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -125,3 +125,58 @@ def test_pretrain_a_mobilenet_through_the_engine(tmp_path):
     }
     assert set(trained) == set(initial)
     assert not torch.equal(trained["features.0.0.weight"], initial["features.0.0.weight"])  # it learned
+
+
+# ---------------------------------------------------------------------------------------------
+# The small ViTs: torchvision's VisionTransformer at ViT-Ti / ViT-S size
+
+
+@pytest.mark.parametrize(("name", "shape"), [("vit_tiny", (12, 3, 192, 768)), ("vit_small", (12, 6, 384, 1536))])
+def test_small_vits_are_torchvisions_vision_transformer(name, shape):
+    spec = load_spec("default", [f"backbone.name={name}", "data.image_size_px=32"]).backbone
+    assert spec.patch_px == 4 and spec.cifar_stem is False and spec.width == 64  # the preset's width dropped
+    torch.manual_seed(0)
+    backbone = build_backbone(spec, 32)
+    assert isinstance(backbone, torchvision.models.VisionTransformer) and backbone.removed_head == "heads.head"
+    assert (backbone.patch_size, backbone.image_size, backbone.hidden_dim, backbone.mlp_dim) == (4, 32, *shape[2:])
+    assert (len(backbone.encoder.layers), backbone.encoder.layers[0].num_heads) == shape[:2]
+    layers, heads, width, mlp = shape
+    full = torchvision.models.VisionTransformer(32, 4, layers, heads, width, mlp)  # the published shape, by hand
+    assert set(backbone.state_dict()) == set(full.state_dict()) - {"heads.head.weight", "heads.head.bias"}
+    full.heads.head = nn.Identity()
+    full.load_state_dict(backbone.state_dict(), strict=True)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # (2, 3, 32, 32)
+    with torch.inference_mode():
+        h = backbone.eval()(x)
+        assert h.shape == (2, width) and backbone.feat_dim == width
+        assert torch.equal(h, full.eval()(x))
+
+
+def test_small_vit_patch_rule_and_checks(tmp_path):
+    def patch(*overrides: str) -> int:
+        return load_spec("default", ["backbone.name=vit_tiny", *overrides]).backbone.patch_px
+
+    assert patch("data.image_size_px=16") == 4 and patch("data.image_size_px=64") == 4  # up to 64 px: 4
+    assert patch("data.image_size_px=96") == 16 and patch("data.image_size_px=224") == 16  # above: 16
+    assert patch("data.image_size_px=32", "backbone.patch_px=8") == 8
+    with pytest.raises(SpecError, match=r"backbone\.patch_px 16 does not divide data\.image_size_px 72"):
+        load_spec("default", ["backbone.name=vit_small", "data.image_size_px=72"])
+    with pytest.raises(SpecError, match="patch_px applies to vit_tiny and vit_small only"):
+        load_spec("default", ["backbone.name=vit_b_16", "backbone.patch_px=4"])
+    # A file's ViT patch belongs to its ViT: naming a ResNet on the command line drops it.
+    (tmp_path / "vit.toml").write_text('[backbone]\nname = "vit_tiny"\npatch_px = 2\n')
+    assert load_spec(tmp_path / "vit.toml").backbone.patch_px == 2
+    assert load_spec(tmp_path / "vit.toml", ["backbone.name=resnet18"]).backbone.patch_px is None
+
+
+def test_pretrain_vit_tiny_with_adamw_without_decay_on_vectors(tmp_path):
+    spec = load_spec("default", ["backbone.name=vit_tiny", "data.limit=64", "train.batch_size=32", "train.epochs=1",
+                                 "optim.name=adamw", "optim.exclude_bias_norm=true", "optim.weight_decay=0.05",
+                                 "method.proj_hidden=32", "method.proj_out=16", "affine.head_hidden=16",
+                                 "train.precision=fp32"])  # fmt: skip
+    torch.manual_seed(spec.train.seed)
+    initial = build_backbone(spec.backbone, 16).state_dict()
+    last = pretrain(spec, tmp_path / "run", show_progress=False)
+    trained = load_file(last)
+    assert not torch.equal(trained["model.backbone.conv_proj.weight"], initial["conv_proj.weight"])
+    assert math.isfinite(runs.read_metrics(tmp_path / "run")[-1]["loss"])

@@ -77,6 +77,31 @@ def test_export_loads_strictly_into_torchvision(arch, make_checkpoint, tmp_path)
             assert (want - got).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("name", ["vit_tiny", "vit_small"])
+def test_small_vit_export_loads_strictly_into_vision_transformer_from_its_header(name, make_checkpoint, tmp_path):
+    ckpt = make_checkpoint((f"backbone.name={name}", "data.image_size_px=32", "method.proj_hidden=16",
+                            "method.proj_out=8", "affine.head_hidden=16"), name)  # fmt: skip
+    out = export(ckpt, tmp_path / "bb.safetensors")["path"]
+    header = read_header(out)
+    kwargs = json.loads(header["torchvision_kwargs"])
+    width = {"vit_tiny": 192, "vit_small": 384}[name]
+    assert kwargs["image_size"] == 32 and kwargs["patch_size"] == 4 and kwargs["hidden_dim"] == width
+    model = torchvision.models.VisionTransformer(**kwargs)
+    model.heads.head = torch.nn.Identity()
+    weights = load_file(out)
+    model.load_state_dict(weights, strict=True)
+    recipe = {"torchvision": torchvision, "nn": torch.nn}
+    exec(header["torchvision_model"], recipe)
+    recipe["m"].load_state_dict(weights, strict=True)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = model.eval()(x)
+        assert want.shape == (2, width)
+        # 12 float32 transformer layers: other kernel paths (load_backbone's memory format) differ by ~2e-6
+        for got in (affssl.load_backbone(out)(x), affssl.load_backbone(ckpt)(x), recipe["m"].eval()(x)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_load_backbone_is_in_eval_mode(tiny_checkpoint):
     model = affssl.load_backbone(tiny_checkpoint)
     assert not model.training and not any(m.training for m in model.modules())

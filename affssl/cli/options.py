@@ -21,7 +21,9 @@ ComponentsOpt = Annotated[str | None, typer.Option(help=f"Comma list of affine c
 DatasetOpt = Annotated[str | None, typer.Option(help="digits | cifar10 | cifar100 | stl10 | svhn | mnist | "
                                                      "fashion-mnist | caltech101 | PATH to an image folder (Tiny "
                                                      "ImageNet's layout too).")]  # fmt: skip
-BackboneOpt = Annotated[str | None, typer.Option(help="torchvision classification model: resnet18, vit_b_16, ….")]
+BackboneOpt = Annotated[
+    str | None, typer.Option(help="torchvision classification model (resnet18, vit_b_16, …) or vit_tiny, vit_small.")
+]
 EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs.")]
 BatchOpt = Annotated[int | None, typer.Option(help="Global batch size.")]
 LimitOpt = Annotated[int | None, typer.Option(help="Train on N images (stratified when labelled).")]

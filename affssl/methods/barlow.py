@@ -33,6 +33,7 @@ class BarlowTwins(nn.Module):
         super().__init__()
         self.lambda_offdiag = spec.lambda_offdiag
         self.l2_normalize = spec.l2_normalize
+        self.loss_scale = spec.loss_scale
         self.projector = mlp(feat_dim, spec.proj_hidden, spec.proj_out)
 
     def embed(self, h: Tensor) -> Tensor:
@@ -41,7 +42,8 @@ class BarlowTwins(nn.Module):
 
     def forward(self, h1: Tensor, h2: Tensor, v1: Tensor, v2: Tensor) -> StepOut:
         z1, z2 = self.embed(h1), self.embed(h2)
-        return StepOut(barlow_loss(gather(z1), gather(z2), self.lambda_offdiag), z1, z2)
+        loss = self.loss_scale * barlow_loss(gather(z1), gather(z2), self.lambda_offdiag)  # × 1.0 is exact
+        return StepOut(loss, z1, z2)
 
     def after_step(self, backbone: nn.Module, progress: float) -> None:
         pass

@@ -6,7 +6,15 @@ default λ), tree (the raw tree before validation: overrides, per-base tables) a
 presets and TOML loading). This module re-exports the names the rest of affssl uses.
 """
 
-from affssl.spec.backbone import LIST_BACKBONES, STEM_FAMILY, WIDTH_RESNETS, BackboneSpec, classification_models
+from affssl.spec.backbone import (
+    LIST_BACKBONES,
+    SMALL_VITS,
+    STEM_FAMILY,
+    WIDTH_RESNETS,
+    BackboneSpec,
+    classification_models,
+    default_patch_px,
+)
 from affssl.spec.methods import (
     DEFAULT_AFFINE_WEIGHT,
     METHOD_SPECS,
@@ -39,6 +47,7 @@ __all__ = [
     "METHOD_SPECS",
     "NATIVE_SIZE_PX",
     "PRESETS",
+    "SMALL_VITS",
     "STEM_FAMILY",
     "WIDTH_RESNETS",
     "AffineSpec",
@@ -60,6 +69,7 @@ __all__ = [
     "apply_override",
     "build_spec",
     "classification_models",
+    "default_patch_px",
     "describe",
     "flatten",
     "load_spec",

@@ -38,6 +38,7 @@ class BarlowSpec(FrozenSpec):
     proj_out: int = Field(128, ge=1)
     lambda_offdiag: float = Field(5e-3, ge=0)
     l2_normalize: bool = Field(True, description="the paper L2-normalises projections first")
+    loss_scale: float = Field(1.0, gt=0, description="multiplies the loss (solo-learn's CIFAR scale_loss: 0.1)")
 
 
 class VICRegSpec(FrozenSpec):

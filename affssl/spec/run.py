@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError, model_validator
 
-from affssl.spec.backbone import STEM_FAMILY, WIDTH_RESNETS, BackboneSpec
+from affssl.spec.backbone import SMALL_VITS, STEM_FAMILY, WIDTH_RESNETS, BackboneSpec, default_patch_px
 from affssl.spec.base import FrozenSpec as _Spec
 from affssl.spec.methods import DEFAULT_AFFINE_WEIGHT, METHOD_SPECS, MethodSpec, SimCLRSpec
 from affssl.spec.sections import PRESETS, AffineSpec, AugmentSpec, DataSpec, OptimSpec, TrainSpec
@@ -50,6 +50,13 @@ class RunSpec(_Spec):
         if self.backbone.cifar_stem is None:
             stem = self.data.image_size_px <= 64 and self.backbone.name.startswith(STEM_FAMILY)
             updates["backbone"] = self.backbone.model_copy(update={"cifar_stem": stem})
+        if self.backbone.name in SMALL_VITS:  # the patch side, resolved and checked against the image size
+            backbone = updates.get("backbone", self.backbone)
+            patch = backbone.patch_px or default_patch_px(self.data.image_size_px)
+            if self.data.image_size_px % patch:
+                raise ValueError(f"backbone.patch_px {patch} does not divide data.image_size_px "
+                                 f"{self.data.image_size_px}; choose a patch side that does")  # fmt: skip
+            updates["backbone"] = backbone.model_copy(update={"patch_px": patch})
         for key, value in updates.items():
             object.__setattr__(self, key, value)
         return self
@@ -126,13 +133,15 @@ def _check_base_table(tree: dict[str, Any], name: str, table: dict[str, Any]) ->
 
 
 def _drop_file_backbone_options(tree: dict[str, Any], file_backbone: dict[str, Any], overrides: list[str]) -> None:
-    """A file's width and stem belong to its ResNet: an override naming a model without a width drops them."""
+    """A file's width and stem belong to its ResNet, its patch to its ViT: an override naming a model that takes
+    none drops them."""
     backbone = tree.get("backbone")
     name = backbone.get("name", "resnet18") if isinstance(backbone, dict) else "resnet18"
-    if name == file_backbone.get("name", "resnet18") or name in WIDTH_RESNETS:
+    if name == file_backbone.get("name", "resnet18"):
         return
     overridden = {a.partition("=")[0].strip() for a in overrides}
-    for key in ("width", "cifar_stem"):
+    keys = (() if name in WIDTH_RESNETS else ("width", "cifar_stem")) + (() if name in SMALL_VITS else ("patch_px",))
+    for key in keys:
         if key in file_backbone and f"backbone.{key}" not in overridden:
             backbone.pop(key, None)
 

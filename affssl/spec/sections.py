@@ -109,12 +109,25 @@ class AffineSpec(_Spec):
 
 
 class OptimSpec(_Spec):
-    name: Literal["adam", "adamw", "sgd"] = "adam"
+    name: Literal["adam", "adamw", "sgd", "lars"] = "adam"
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and lars")
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = Field(0.0, ge=0)
+    eta: float = Field(0.02, gt=0, description="lars: trust coefficient η of the ratio η‖w‖ / (‖g‖ + wd‖w‖)")
+    clip_lr: bool = Field(True, description="lars: a tensor's rate is min(trust ratio, lr) instead of lr × ratio")
+    exclude_bias_norm: bool | None = Field(
+        None,
+        description="tensors of < 2 dimensions (biases, norm scales) get no weight decay (and, with lars, no "
+        "trust ratio); None → on for lars, off for adam/adamw/sgd",
+    )
+
+    @model_validator(mode="after")
+    def _exclusion(self) -> OptimSpec:
+        if self.exclude_bias_norm is None:
+            object.__setattr__(self, "exclude_bias_norm", self.name == "lars")
+        return self
 
 
 class TrainSpec(_Spec):
