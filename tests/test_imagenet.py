@@ -4,14 +4,18 @@ LOC_val_solution.csv, the Kaggle tree), data.classes_file subsets (ImageNet-100 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from affssl.ablate.labels import label_free
+from affssl.ablate.planning import EvalSettings
 from affssl.data import DataError, Split, load_dataset
 from affssl.data.imagenet import BUILTIN_LISTS, read_classes_file
+from affssl.errors import UserError
 from affssl.eval.splits import dataset_spec, load_eval_data
 from affssl.spec import DataSpec
 
@@ -180,3 +184,21 @@ def test_unlabelled_folder_loads_and_label_probes_stop_in_one_line(tmp_path):
         load_eval_data(Source, data=data)
     unlabelled = load_eval_data(Source, data=data, need_labels=False)  # the equivariance probe's data
     assert unlabelled.test_carved and unlabelled.train.labels is None
+
+
+def test_ablate_skips_the_label_probes_for_unlabelled_data(tmp_path):
+    flat, labelled = tmp_path / "flat", tmp_path / "ilsvrc"
+    _jpeg(flat / "0.jpg", WNIDS[0])
+    _train(labelled, per_class=1)
+    every = EvalSettings(protocols=("linear", "knn", "affine"), curve=True, curve_points=2)
+    kept, line = label_free(every, str(flat))
+    assert kept == replace(every, protocols=("affine",), curve=False, curve_points=None)
+    assert line == f"data set {flat} is unlabelled: the linear and knn probe(s) need labels, skipped"
+    kept, line = label_free(EvalSettings(), str(flat))
+    assert kept.protocols == () and line.endswith(
+        "skipped; the runs only pretrain (--eval affine probes equivariance without labels)"
+    )
+    for dataset in (str(labelled), "digits", str(tmp_path / "absent")):  # absent: the loader's own line, later
+        assert label_free(every, dataset) == (every, None)
+    with pytest.raises(UserError, match=r"--eval-dataset .*flat is unlabelled and the linear probe needs class labels"):
+        label_free(EvalSettings(datasets=(None, str(flat))), str(labelled))

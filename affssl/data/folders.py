@@ -129,6 +129,26 @@ def _test_split(folder: Path, classes: tuple[str, ...], labelled: bool, skip: tu
     return None
 
 
+def has_class_folders(path: Path) -> bool:
+    """Whether scan_folder would find labels: a class sub-folder holding an image (stops at the first)."""
+    if not path.is_dir():
+        return False
+    folder = imagenet.data_folder(path.resolve())
+    folder = folder / "train" if (folder / "train").is_dir() else folder
+    return any(_holds_image(d.path) for d in os.scandir(folder) if d.is_dir() and not d.name.startswith("."))
+
+
+def _holds_image(folder: str) -> bool:
+    """Whether folder or a folder below it holds an image file (stops at the first)."""
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.name.lower().endswith(IMAGE_EXTENSIONS) or (e.is_dir() and _holds_image(e.path)):
+                return True
+    return False
+
+
 def identity(root: Path, files: list[Entry]) -> list[Entry]:
     """(path relative to root, size, mtime_ns) per file: any edit changes the cache key."""
     return [(path[len(str(root)) + 1 :], size, mtime) for path, size, mtime in files]

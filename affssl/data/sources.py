@@ -25,7 +25,7 @@ from affssl.data import imagenet
 from affssl.data.batches import stratified
 from affssl.data.dataset import DataError, Loaded, Split
 from affssl.data.decode import decode_files, square
-from affssl.data.folders import LAYOUTS, Files, files_in, identity, scan_folder
+from affssl.data.folders import LAYOUTS, Files, files_in, has_class_folders, identity, scan_folder
 from affssl.spec import DataSpec
 
 TORCHVISION: dict[str, str] = {  # --dataset name → torchvision.datasets class
@@ -67,6 +67,11 @@ def plan(spec: DataSpec, root: Path, progress: bool) -> tuple[str, Callable[[], 
     if (csv := imagenet.val_solution(folder)) is not None:  # it labels a flat val/: an edit must change the key
         ids.append([(csv.name, (st := csv.stat()).st_size, st.st_mtime_ns)])
     return str(folder), partial(list, ids), partial(_decode_folder, splits, classes, folder, size, progress)
+
+
+def labelled(dataset: str) -> bool:
+    """Whether the data set has class labels, without loading it: named sets do, folders with class folders do."""
+    return dataset in ("digits", "caltech101", *TORCHVISION) or has_class_folders(Path(dataset).expanduser())
 
 
 def _every_file(folder: Path) -> list:
