@@ -130,6 +130,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                                  status="")  # fmt: skip
         for epoch in range(start_epoch, spec.train.epochs):
             learner.train()
+            learner.start_epoch(epoch)
             g_order = generator(spec.train.seed, "order", epoch, device)
             g_views = generator(spec.train.seed, "views", epoch, device, rank)
             g_affine = generator(spec.train.seed, "affine", epoch, device, rank)
@@ -156,6 +157,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                     signum = agree(guard, stop, optimizer.param_groups[0]["lr"])  # raises Diverged
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                learner.before_update()
                 optimizer.step()
                 learner.method.after_step(learner.backbone, (step + 1) / total_steps)
                 for k, v in parts.items():

@@ -75,6 +75,22 @@ class AugmentSpec(_Spec):
             raise ValueError(f"probabilities must lie in [0, 1], got {list(v)}")
         return v
 
+    # Multi-crop (Caron et al. 2020, SwAV; DINO): local views besides the two global ones (docs/multicrop-dino.md).
+    local_crops: int = Field(0, ge=0, description="local views per image (DINO: 8, solo-learn CIFAR: 6); 0: two views")
+    local_size_px: int | None = Field(
+        None, ge=4, le=512, description="local views' side; None → 9/16 of data.image_size_px (solo-learn: 18 at 32)"
+    )
+    local_crop_scale: Range = Field(
+        (0.05, 0.4), description="local views' crop area range (DINO: 0.05–0.4; the global views keep crop_scale)"
+    )
+    local_blur_p: float = Field(0.5, ge=0, le=1, description="local views' blur probability (DINO: 0.5)")
+    local_solarize_p: float = Field(0.0, ge=0, le=1, description="local views' solarize probability (DINO: 0)")
+
+    @field_validator("local_crop_scale")
+    @classmethod
+    def _local_ordered(cls, v: Range) -> Range:
+        return cls._ordered(v)
+
 
 class AffineSpec(_Spec):
     """The paper's module (§1): sample φ, warp view 1, predict φ from an aggregation of features."""
