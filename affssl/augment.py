@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from affssl import crops
 from affssl.precision import fp32
 from affssl.spec import AugmentSpec
 
@@ -27,17 +28,27 @@ SOLARIZE_THRESHOLD = 0.5
 
 
 @fp32
-def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """x: (B, C, H, W) uint8 on the training device (C = 3). Returns two float32 views in [0, 1], each (B, C, H, W)."""
+def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator, sizes: Tensor | None = None,
+          size_px: int | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """x: (B, C, H, W) uint8 on the training device (C = 3). Returns two float32 views in [0, 1], each (B, C, S, S).
+
+    Square stored images (the tensor storage): sizes None, S = H. Whole images of several sizes (the chunks
+    storage): x zero-padded, sizes (B, 2) int64 each image's (height, width), S = size_px (affssl.crops).
+    """
     xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]
-    return view(xf, spec, gen, 0), view(xf, spec, gen, 1)
+    return view(xf, spec, gen, 0, sizes, size_px), view(xf, spec, gen, 1, sizes, size_px)
 
 
-def view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, index: int) -> Tensor:
+def view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, index: int, sizes: Tensor | None = None,
+         size_px: int | None = None) -> Tensor:  # fmt: skip
     """One view; x float32 in [0, 1] (B, C, H, W); index 0 or 1 selects blur_p[index] and solarize_p[index]."""
     B, _, H, W = x.shape
     # Draw everything first, whatever the spec, so switching one op off leaves the others' randomness unchanged.
-    boxes = crop_boxes(B, H, W, spec.crop_scale, spec.crop_ratio, gen)  # (B, 4) px
+    if sizes is None:
+        boxes = crop_boxes(B, H, W, spec.crop_scale, spec.crop_ratio, gen)  # (B, 4) px
+    else:  # the same draws, in each whole image's own size
+        boxes = crops.crop_boxes(sizes, spec.crop_scale, spec.crop_ratio, gen)  # (B, 4) px
+        H = W = size_px
     flip = _coin(B, spec.flip_p, gen)  # (B,) bool
     jitter = jitter_params(B, spec, gen)  # apply (B,), factors (B, 4), order (B, 4)
     grey = _coin(B, spec.grayscale_p, gen)  # (B,) bool
