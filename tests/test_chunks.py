@@ -210,7 +210,7 @@ def test_a_resume_with_another_process_count_is_refused_in_one_line(tmp_path, mo
 
     header = checkpoint.read_header(reference / runs.LAST)
     state = torch.zeros(2, 5056, dtype=torch.uint8)  # (world, n) generator states
-    tensors |= {"position.views": state, "position.affine": state, "position.sums": torch.zeros(2, 3)}
+    tensors |= {"position.views": state, "position.affine": state.clone(), "position.sums": torch.zeros(2, 3)}
     header |= {"epoch_step": "1", "step": "4", "position_sums": json.dumps(["loss_ssl", "loss_affine", "loss"])}
     checkpoint.save(run / runs.LAST, tensors, header)
     runs.write_spec(run, spec)
