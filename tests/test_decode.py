@@ -1,4 +1,5 @@
-"""affssl.decode on PNG: PIL's pixels equal torchvision's for every colour type and depth; a corrupt PNG is one line."""
+"""affssl.data.decode on PNG: PIL's pixels equal torchvision's for every colour type and depth; a corrupt PNG is
+one line."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from affssl.decode import PNG_SIGNATURE, decode_png
+from affssl.data.decode import PNG_SIGNATURE, decode_png
 
 W, H = 7, 9
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from affssl.data import DataError, Dataset, Split, _stratified, load_dataset, subset
+from affssl.data import DataError, Dataset, Split, load_dataset, stratified, subset
 from affssl.errors import UserError
 from affssl.eval.features import Source, slug
 from affssl.spec import DataSpec
@@ -35,8 +35,8 @@ def holdout(labels: Tensor | None, n: int, frac: float, seed: int) -> tuple[Tens
     """Sorted (kept, held) indices of n items; stratified by label when labelled, seeded."""
     k = max(1, round(frac * n))
     gen = torch.Generator().manual_seed(seed)
-    # data._stratified: per-class largest-remainder counts, the same rule as data.subset
-    held = _stratified(labels, k, gen) if labels is not None else torch.randperm(n, generator=gen)[:k].sort().values
+    # data.stratified: per-class largest-remainder counts, the same rule as data.subset
+    held = stratified(labels, k, gen) if labels is not None else torch.randperm(n, generator=gen)[:k].sort().values
     mask = torch.ones(n, dtype=torch.bool)
     mask[held] = False
     return mask.nonzero().squeeze(1), held

@@ -1,4 +1,4 @@
-"""Image-folder layouts → sorted file lists and labels per split (no decoding; affssl.decode does that).
+"""Image-folder layouts → sorted file lists and labels per split (no decoding; affssl.data.decode does that).
 
 Layouts, detected in this order:
     Tiny ImageNet   PATH/train/<wnid>/images/*.JPEG; test split: PATH/val/images/*.JPEG labelled by
@@ -8,9 +8,8 @@ Layouts, detected in this order:
     classes         PATH/<class>/*.jpg
     unlabelled      PATH/*.jpg
 Class folders are searched recursively and sorted by name, as torchvision's ImageFolder.
-Caltech-101 (`--dataset caltech101`) is a class folder, 101_ObjectCategories/<class>/*.jpg without
-BACKGROUND_Google (as torchvision.datasets.Caltech101), fetched by torchvision when downloads are
-allowed (AFFSSL_OFFLINE unset); it has no test split, so probes carve one (eval.splits).
+Caltech-101 (affssl.data.sources) is a class folder scanned here without its background class;
+it has no test split, so probes carve one (eval.splits).
 """
 
 from __future__ import annotations
@@ -18,18 +17,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from affssl.decode import IMAGE_EXTENSIONS, Entry
-from affssl.errors import UserError
+from affssl.data.dataset import DataError
+from affssl.data.decode import IMAGE_EXTENSIONS, Entry
 
 LAYOUTS = "PATH/train/<class>/*.jpg (+ PATH/test/<class>/*.jpg), PATH/<class>/*.jpg, or PATH/*.jpg (unlabelled)"
 Files = dict[str, tuple[list[Entry], list[int] | None]]  # split → (sorted image files, labels or None)
 TINY_ANNOTATIONS = Path("val") / "val_annotations.txt"
-CALTECH101_URL = "https://data.caltech.edu/records/mzrjq-6wc02"
-CALTECH101_SKIP = ("BACKGROUND_Google",)
-
-
-class DataError(UserError):
-    """A data set that cannot be loaded; the message names the problem and the fix."""
 
 
 def files_in(folder: str, recursive: bool, suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Entry]:
@@ -79,13 +72,8 @@ def scan_tiny_imagenet_val(folder: Path, classes: tuple[str, ...]) -> tuple[list
 
 def scan_folder(path: Path, skip: tuple[str, ...] = ()) -> tuple[Files, tuple[str, ...], Path]:
     """Every split's files and labels, the classes, and the resolved folder; `skip`: class folders to leave out."""
-    from affssl.data import TORCHVISION
-
     if not path.is_dir():
-        raise DataError(
-            f"--dataset {str(path)!r} is neither a known data set (digits, caltech101, {', '.join(TORCHVISION)}) "
-            f"nor an existing folder; pass one of those or an image folder laid out as {LAYOUTS}"
-        )
+        raise DataError(f"{path} is not a folder; pass an image folder laid out as {LAYOUTS}")
     folder = path.resolve()
     has_split = (folder / "train").is_dir()
     train_files, train_labels, classes = scan_split(folder / "train" if has_split else folder, (), skip)
@@ -106,23 +94,3 @@ def scan_folder(path: Path, skip: tuple[str, ...] = ()) -> tuple[Files, tuple[st
 def identity(root: Path, files: list[Entry]) -> list[Entry]:
     """(path relative to root, size, mtime_ns) per file: any edit changes the cache key."""
     return [(path[len(str(root)) + 1 :], size, mtime) for path, size, mtime in files]
-
-
-def caltech101_folder(root: Path) -> Path:
-    """ROOT/caltech101/101_ObjectCategories, fetched by torchvision when absent and downloads are allowed."""
-    folder = root / "caltech101" / "101_ObjectCategories"
-    if folder.is_dir():
-        return folder
-    why = "downloads are off (AFFSSL_OFFLINE=1)"
-    if os.environ.get("AFFSSL_OFFLINE") != "1":
-        import torchvision
-
-        try:
-            torchvision.datasets.Caltech101(str(root), download=True)
-            if folder.is_dir():
-                return folder
-            why = "the download left no 101_ObjectCategories folder"
-        except (RuntimeError, OSError, ImportError, ValueError) as err:
-            why = f"download failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-    raise DataError(f"caltech101 is not in {folder} ({why}); put the extracted 101_ObjectCategories/<class>/*.jpg "
-                    f"there (from {CALTECH101_URL}) or pass --dataset PATH")  # fmt: skip

@@ -3,7 +3,7 @@
 Files are read and decoded in chunks (bounded memory for large images); all JPEGs of a chunk go
 through one torchvision `decode_jpeg` call, PNGs through PIL, anything else through `decode_image`
 or PIL. Each group of equal-size images is resized in one call. Unreadable files are reported, not
-raised: the caller (affssl.data) names them all in one error.
+raised: the caller (affssl.data.sources) names them all in one error.
 
 Why not torchvision for PNG: its libpng decoder writes "libpng error: …" to stderr itself, and on a
 corrupt IDAT stream it crashes the process (SIGSEGV, torchvision 0.29). PIL's pixels are the same

@@ -1,0 +1,27 @@
+"""Data: sources and folder layouts → decoded uint8 splits, the tensor cache, batches.
+
+Modules, one job each: dataset (Split, Dataset, DataError), sources (digits, torchvision sets,
+Caltech-101, folders), folders (folder layouts and scanning), decode (image bytes → uint8),
+tensorfile (memory-mapped safetensors, atomic writes), cache (the decoded uint8 cache), batches
+(epoch batches, subsets), load (load_dataset).
+"""
+
+from affssl.data.batches import batches, stratified, subset
+from affssl.data.cache import FORMAT_VERSION, cache_dir
+from affssl.data.dataset import DataError, Dataset, Loaded, Split
+from affssl.data.load import load_dataset
+from affssl.data.sources import TORCHVISION
+
+__all__ = [
+    "FORMAT_VERSION",
+    "TORCHVISION",
+    "DataError",
+    "Dataset",
+    "Loaded",
+    "Split",
+    "batches",
+    "cache_dir",
+    "load_dataset",
+    "stratified",
+    "subset",
+]
