@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from affssl import crops
+from affssl.data import crops
 from affssl.precision import fp32
 from affssl.spec import AugmentSpec
 
@@ -33,7 +33,7 @@ def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator, sizes: Tensor | No
     """x: (B, C, H, W) uint8 on the training device (C = 3). Returns two float32 views in [0, 1], each (B, C, S, S).
 
     Square stored images (the tensor storage): sizes None, S = H. Whole images of several sizes (the chunks
-    storage): x zero-padded, sizes (B, 2) int64 each image's (height, width), S = size_px (affssl.crops).
+    storage): x zero-padded, sizes (B, 2) int64 each image's (height, width), S = size_px (affssl.data.crops).
     """
     xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]
     return view(xf, spec, gen, 0, sizes, size_px), view(xf, spec, gen, 1, sizes, size_px)

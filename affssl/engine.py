@@ -25,8 +25,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from affssl import checkpoint, distributed, faults, hostmem, precision, runs, storage
-from affssl.data import Dataset, batches
+from affssl import checkpoint, distributed, faults, hostmem, precision, runs
+from affssl.data import Dataset, batches, storage
 from affssl.errors import UserError
 from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at

@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 pytest.importorskip("litdata")
 
-from affssl import chunkread, chunkwrite, faults, runs, storage
+from affssl import faults, runs
 from affssl.checkpoint import CheckpointError
 from affssl.cli import app
+from affssl.data import chunkread, chunkwrite, storage
 from affssl.engine import pretrain
 from affssl.errors import UserError
 from affssl.spec import load_spec

@@ -1,4 +1,4 @@
-"""Whole-image random-resized crops (affssl.crops): torchvision's box rules, its pixels, the shared view stream."""
+"""Whole-image random-resized crops (affssl.data.crops): torchvision's box rules, its pixels, the shared view stream."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.transforms import InterpolationMode
 
-from affssl import augment, crops
+from affssl import augment
+from affssl.data import crops
 from affssl.spec import AugmentSpec
 
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)

@@ -40,7 +40,7 @@ class DataSpec(_Spec):
             object.__setattr__(self, "image_size_px", NATIVE_SIZE_PX.get(self.dataset, 32))
         return self
 
-    # The storage of large sets (docs/large-data.md; affssl.storage, affssl.chunkwrite, affssl.chunkread).
+    # The storage of large sets (docs/large-data.md; affssl.data.storage, chunkwrite, chunkread).
     storage: Literal["auto", "tensor", "chunks"] = Field(
         "auto",
         description="tensor: decoded set held on the device; chunks: JPEG chunk files streamed with litdata; "

@@ -31,9 +31,9 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from affssl.decode import PNG_SIGNATURE, decode_png
+from affssl.data.dataset import DataError
+from affssl.data.decode import PNG_SIGNATURE, Entry, decode_png
 from affssl.errors import UserError
-from affssl.folders import DataError, Entry
 
 CHUNKS_FORMAT = 1  # bump when the stored items change, so old chunks are not reused
 META = "affssl.json"

@@ -10,7 +10,7 @@ derived from train.seed and the epoch, and exact under any worker count.
 Decoding: on CPU each loader worker reads its batch's JPEG bytes and decodes them with TorchCodec;
 on CUDA the workers only read the bytes and the training process decodes the whole batch in one
 nvJPEG call (`decode_jpeg(list, device="cuda")`). Either way a batch is whole images zero-padded to
-(B, 3, H_max, W_max) uint8 with their (B, 2) sizes (affssl.crops).
+(B, 3, H_max, W_max) uint8 with their (B, 2) sizes (affssl.data.crops).
 
 A chunk file cut short (a copy interrupted, a full disk) is found when the chunks are opened (its
 size differs from index.json) or, if it happens later, when a batch cannot be read: both end the run
@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from affssl import crops
-from affssl.chunkwrite import META
-from affssl.folders import DataError
+from affssl.data import crops
+from affssl.data.chunkwrite import META
+from affssl.data.dataset import DataError
 
 
 class ChunkError(DataError):
@@ -75,7 +75,7 @@ def default_workers() -> int:
 
 
 class ChunkFeed:
-    """Batches of whole images from a chunk set, for the engine (affssl.storage)."""
+    """Batches of whole images from a chunk set, for the engine (affssl.data.storage)."""
 
     def __init__(self, chunks: ChunkSet, items: Tensor, device: torch.device, workers: int):
         self.chunks, self.items, self.device, self.workers = chunks, items, device, workers

@@ -1,9 +1,9 @@
 """Which storage feeds a run (data.storage), and the feed the engine draws its batches from.
 
     tensor  every image decoded once into a (N, 3, S, S) uint8 cache and held whole on the device
-            (affssl.data): the fastest path while the set fits
-    chunks  JPEG bytes in litdata chunk files (affssl.chunkwrite), read and decoded per batch
-            (affssl.chunkread), crops drawn from each whole stored image (affssl.crops)
+            (affssl.data.load, affssl.data.cache): the fastest path while the set fits
+    chunks  JPEG bytes in litdata chunk files (affssl.data.chunkwrite), read and decoded per batch
+            (affssl.data.chunkread), crops drawn from each whole stored image (affssl.data.crops)
     auto    tensor when the decoded uint8 set, N × 3 × S × S bytes (N the source's training images),
             fits in AUTO_SHARE of the RAM and, on CUDA, AUTO_SHARE of the device's memory; else chunks.
             sklearn's digits and torchvision's data sets are held in memory anyway: always tensor.
@@ -24,9 +24,14 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
-from affssl import chunkwrite, distributed
-from affssl.data import TORCHVISION, Dataset, _stratified, cache_dir, load_dataset
-from affssl.folders import CALTECH101_SKIP, caltech101_folder, identity, scan_folder
+from affssl import distributed
+from affssl.data import chunkwrite
+from affssl.data.batches import stratified
+from affssl.data.cache import cache_dir
+from affssl.data.dataset import Dataset
+from affssl.data.folders import identity, scan_folder
+from affssl.data.load import load_dataset
+from affssl.data.sources import CALTECH101_SKIP, TORCHVISION, caltech101_folder
 from affssl.spec import DataSpec, RunSpec
 
 AUTO_SHARE = 0.5  # of RAM (and of CUDA memory) the decoded set may take for auto to pick tensor
@@ -55,16 +60,16 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
     if storage == "tensor":
         data = data or load_dataset(spec.data, seed=spec.train.seed, progress=progress)
         return _with(spec, storage=storage), TensorFeed(data.train.images, device)
-    from affssl.chunkread import ChunkFeed, default_workers, open_chunks
+    from affssl.data.chunkread import ChunkFeed, default_workers, open_chunks
 
     chunks = open_chunks(written(spec.data, progress))
     items = torch.arange(chunks.count)
-    if spec.data.limit is not None and spec.data.limit < chunks.count:  # as affssl.data.subset draws it
+    if spec.data.limit is not None and spec.data.limit < chunks.count:  # as affssl.data.batches.subset draws it
         gen = torch.Generator().manual_seed(spec.train.seed)
         if chunks.labels is None:
             items = torch.randperm(chunks.count, generator=gen)[: spec.data.limit].sort().values
         else:
-            items = _stratified(chunks.labels, spec.data.limit, gen)
+            items = stratified(chunks.labels, spec.data.limit, gen)
     if chunks.bad and distributed.is_main():
         more = " …" if chunks.bad > len(chunks.bad_first) else ""
         _say(f"skipped {chunks.bad} unreadable image(s) of {spec.data.dataset} (data.max_bad_frac "
