@@ -18,10 +18,10 @@ import pytest
 
 pytest.importorskip("litdata")
 
-from test_chunks import TINY, assert_same_tensors, make_folder  # noqa: E402
-from test_faults import header, step_lines, wait_for, worker_of_rank  # noqa: E402
+from test_chunks import TINY, assert_same_tensors, make_folder
+from test_faults import header, step_lines, wait_for, worker_of_rank
 
-from affssl import runs  # noqa: E402
+from affssl import runs
 
 pytestmark = pytest.mark.slow
 
