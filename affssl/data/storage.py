@@ -79,6 +79,12 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
     return spec, ChunkFeed(chunks, items, device, workers)
 
 
+def filled_in(key: str, planned: object) -> bool:
+    """Whether a stored spec's `key` may differ from the planned value: a field the run resolves or fills in."""
+    return (key == "data.storage" and planned == "auto") or (key in ("data.bad_count", "data.bad_first")
+                                                            and planned in (None, [], ()))  # fmt: skip
+
+
 def resolve(data: DataSpec, device: torch.device, given: Dataset | None) -> tuple[str, str]:
     """(tensor | chunks, the reason to print: "" when there was no choice to make)."""
     if data.storage == "chunks":
