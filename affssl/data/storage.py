@@ -53,16 +53,15 @@ class TensorFeed:
 def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress: bool):
     """(spec with data.storage resolved and chunk facts filled in, feed) for this process."""
     storage, reason = resolve(spec.data, device, data)
-    if reason and distributed.is_main():
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"data.storage {spec.data.storage} → {storage}: {reason}"
-        )
+    choice = f"data.storage {spec.data.storage} → {storage}: {reason}" if reason and distributed.is_main() else ""
     if storage == "tensor":
         data = data or load_dataset(spec.data, seed=spec.train.seed, progress=progress)
+        _say(choice)  # once the data loaded: an error stays the run's one line
         return _with(spec, storage=storage), TensorFeed(data.train.images, device)
     from affssl.data.chunkread import ChunkFeed, default_workers, open_chunks
 
     chunks = open_chunks(written(spec.data, progress))
+    _say(choice)
     items = torch.arange(chunks.count)
     if spec.data.limit is not None and spec.data.limit < chunks.count:  # as affssl.data.batches.subset draws it
         gen = torch.Generator().manual_seed(spec.train.seed)
@@ -147,7 +146,8 @@ def _plan(data: DataSpec) -> tuple[list, list[int] | None, tuple[str, ...], Path
 
 
 def _say(line: str) -> None:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(line)
+    if line:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(line)
 
 
 def _writer_workers() -> int:
