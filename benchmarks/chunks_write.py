@@ -82,12 +82,15 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="data.workers while writing chunks")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--make-only", action="store_true", help="generate the --make folder and stop")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:
             args.make, args.count, args.repeats = args.make or Path(tmp) / "gen", 512, 2
         data = make_folder(args.make, args.count) if args.make else args.data
+        if args.make_only:
+            return
         if data is None:
             p.error("--data DIR or --make DIR (or --quick)")
         n = len(list(data.glob("train/*/*"))) or len(list(data.rglob("*.jp*g")))

@@ -217,3 +217,19 @@ def test_a_resume_with_another_process_count_is_refused_in_one_line(tmp_path, mo
     runs.write_spec(run, spec)
     with pytest.raises(CheckpointError, match="with 2 processes; resume it with 2"):
         pretrain(spec, run, resume=True, show_progress=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run benchmarks/gpu_check.sh)")
+def test_chunks_on_cuda_decode_each_batch_with_nvjpeg_and_train(tmp_path, folder):
+    from torchcodec.decoders import decode_jpeg
+
+    files = sorted((folder / "train" / "c0").iterdir())[:8]
+    raw = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in files]
+    on_gpu, on_cpu = decode_jpeg(raw, device="cuda"), decode_jpeg(raw)
+    for g, c in zip(on_gpu, on_cpu, strict=True):  # nvJPEG's IDCT may differ from libjpeg-turbo's by a level or two
+        assert g.is_cuda and g.shape == c.shape and (g.cpu().int() - c.int()).abs().float().mean() < 2
+    run = tmp_path / "run"
+    pretrain(spec_for(folder, tmp_path / "cache", "data.storage=chunks", "train.device=cuda"), run, show_progress=False)
+    losses = [r["loss"] for r in runs.read_metrics(run) if r["kind"] == "epoch"]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
