@@ -1,20 +1,21 @@
-"""Image files → (N, 3, S, S) uint8 tensors: batched JPEG decoding, a PIL fallback, resize and centre crop.
+"""Image files → (N, 3, S, S) uint8 tensors: TorchCodec decoding, a PIL fallback, resize and centre crop.
 
-Files are read and decoded in chunks (bounded memory for large images); all JPEGs of a chunk go
-through one torchvision `decode_jpeg` call, PNGs through PIL, anything else through `decode_image`
-or PIL. Each group of equal-size images is resized in one call. Unreadable files are reported, not
-raised: the caller (affssl.data.sources) names them all in one error.
+Files are read and decoded in chunks (bounded memory for large images). JPEG, PNG, WebP and GIF
+go through TorchCodec (torchvision's decoders are deprecated since 0.29), anything TorchCodec
+refuses (BMP, animated WebP, files PIL reads more leniently) through PIL. Each group of
+equal-size images is resized in one call. Unreadable files are reported, not raised: the caller
+(affssl.data.sources) names them all in one error.
 
-Why not torchvision for PNG: its libpng decoder writes "libpng error: …" to stderr itself, and on a
-corrupt IDAT stream it crashes the process (SIGSEGV, torchvision 0.29). PIL's pixels are the same
-(tests compare every PNG colour type and bit depth with torchvision's).
+Pixels are those torchvision's decoders gave (tests compare them), so the tensor cache's format
+did not change: Exif APP1 segments are dropped before a JPEG is decoded, because TorchCodec turns
+the image by its Exif orientation and torchvision did not (neither does PIL, nor ImageFolder);
+16-bit PNG samples keep their high byte, as torchvision's `to_dtype(scale=True)` did.
 """
 
 from __future__ import annotations
 
 import io
 import re
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -23,11 +24,12 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngImageFile
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchcodec.decoders import decode_image, decode_jpeg
+from torchcodec.decoders import decode_png as _torchcodec_png
 from torchvision.transforms.v2 import functional as TF
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE, PNG_SIGNATURE = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 _CHUNK_FILES, _CHUNK_BYTES = 1024, 32 << 20  # decode in batches; bounds memory for large images
 Entry = tuple[str, int, int]  # (path, size, mtime_ns)
 
@@ -46,7 +48,7 @@ def decode_files(files: list[Entry], size: int, failures: list, advance: Callabl
     for i, (path, _, _) in enumerate(files):
         try:
             with open(path, "rb") as fh:
-                data = fh.read()
+                data = bytearray(fh.read())
         except OSError as err:
             data = err.strerror or str(err)
         pending.append((path, data))
@@ -58,22 +60,17 @@ def decode_files(files: list[Entry], size: int, failures: list, advance: Callabl
     return out
 
 
-def _decode_chunk(pending: list[tuple[str, bytes | str]], out: Tensor, failures: list) -> None:
+def _decode_chunk(pending: list[tuple[str, bytearray | str]], out: Tensor, failures: list) -> None:
     """Decode (path, bytes or read error) pairs into out (n, 3, S, S); a failed slot keeps garbage."""
-    raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) if d and isinstance(d, bytes) else d for _, d in pending]
-    images: list[Tensor | None] = [None] * len(pending)
-    jpegs = [i for i, (_, d) in enumerate(pending) if isinstance(d, bytes) and d[:3] == b"\xff\xd8\xff"]
-    with warnings.catch_warnings():  # torchvision ≥ 0.29 warns on every image call
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:  # one call for all the JPEGs: faster than decode_image per file
-            decoded = decode_jpeg([raw[i] for i in jpegs], mode=ImageReadMode.RGB) if jpegs else []
-            for i, img in zip(jpegs, decoded, strict=True):
-                images[i] = img  # (3, h, w)
-        except RuntimeError:
-            pass  # one bad file fails the whole batch: decode one by one below to find it
-        for i, ((path, _), r) in enumerate(zip(pending, raw, strict=True)):
-            if images[i] is None:
-                images[i] = _decode_one(path, r, failures)
+    images: list[Tensor | None] = []
+    for path, data in pending:
+        try:
+            images.append(decode_bytes(data) if isinstance(data, bytearray) else None)
+        except ValueError as err:
+            images.append(None)
+            failures.append((path, str(err)))
+        if isinstance(data, str):  # the read failed
+            failures.append((path, data or "unreadable"))
     by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, img in enumerate(images):
         if img is not None:
@@ -82,34 +79,71 @@ def _decode_chunk(pending: list[tuple[str, bytes | str]], out: Tensor, failures:
         out[idx] = square(torch.stack([images[i] for i in idx]), out.shape[-1])
 
 
-def _decode_one(path: str, raw: Tensor | str, failures: list) -> Tensor | None:
-    """PIL for PNG, else torchvision.io, else PIL (BMP); None, with (path, reason) added to failures, when unread."""
-    if not isinstance(raw, Tensor):
-        failures.append((path, raw or "empty file"))
-        return None
-    if raw[: len(PNG_SIGNATURE)].numpy().tobytes() == PNG_SIGNATURE:
-        try:
-            return decode_png(raw.numpy().tobytes())
-        except (OSError, ValueError, SyntaxError) as err:  # PIL's PNG reader raises SyntaxError for a bad chunk
-            failures.append((path, str(err) or type(err).__name__))
-            return None
+def decode_bytes(data: bytes | bytearray) -> Tensor:
+    """An encoded image → (3, h, w) uint8 RGB; ValueError naming the reason when neither decoder reads it."""
+    if not data:
+        raise ValueError("empty file")
     try:
-        return TF.to_dtype(decode_image(raw, mode=ImageReadMode.RGB), torch.uint8, scale=True)  # 16-bit PNG
-    except RuntimeError as err:
-        reason = re.sub(r"^.*\.cpp:\d+,\s*", "", str(err).strip())
-    try:
-        with Image.open(io.BytesIO(raw.numpy().tobytes())) as im:
+        if data[:3] == JPEG_SIGNATURE:
+            return decode_jpeg(_as_tensor(without_exif(data)), mode="RGB")  # (3, h, w)
+        if data[:8] == PNG_SIGNATURE:
+            return decode_png(data)
+        image = decode_image(_as_tensor(data), mode="RGB")  # (3, h, w), or (frames, 3, h, w) when animated
+        if image.ndim == 3:
+            return image
+        reason = "animated image"
+    except (RuntimeError, ValueError) as err:
+        reason = re.sub(r"^.*\.cpp:\d+,\s*", "", str(err).strip()).split(". If you know")[0]
+    try:  # PIL reads BMP, animated images' first frame, and some files TorchCodec's libraries refuse
+        if data[:8] == PNG_SIGNATURE:
+            return _pil_png(data)
+        with Image.open(io.BytesIO(data)) as im:
             return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, h, w)
-    except (OSError, ValueError):
-        failures.append((path, reason))
-        return None
+    except (OSError, ValueError, SyntaxError):  # PIL's PNG reader raises SyntaxError for a bad chunk
+        raise ValueError(reason) from None
 
 
-def decode_png(data: bytes) -> Tensor:
-    """PNG bytes → (3, h, w) uint8 through PIL, as torchvision's decode_image(RGB) + to_dtype(scale=True) gives them.
+def decode_png(data: bytes | bytearray) -> Tensor:
+    """PNG bytes → (3, h, w) uint8; 16-bit samples keep their high byte (torchvision's to_dtype(scale=True))."""
+    image = _torchcodec_png(_as_tensor(data), mode="RGB", output_dtype="auto")  # (3, h, w) uint8 or uint16
+    if image.dtype == torch.uint16:
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    return image
+
+
+def _as_tensor(data: bytes | bytearray) -> Tensor:
+    """(n,) uint8 view of a bytearray (a copy of bytes): fastest for TorchCodec, which warns on read-only bytes."""
+    return torch.frombuffer(data if isinstance(data, bytearray) else bytearray(data), dtype=torch.uint8)
+
+
+def without_exif(jpeg: bytes | bytearray) -> bytes | bytearray:
+    """JPEG bytes without their Exif APP1 segments (the orientation TorchCodec would apply); others kept as is.
+
+    Walks the marker segments up to the start of scan; bytes it cannot walk are returned unchanged.
+    """
+    if jpeg.find(b"Exif\0\0") < 0:
+        return jpeg
+    parts, pos = [jpeg[:2]], 2
+    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF:
+        marker = jpeg[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            parts.append(jpeg[pos : pos + 1])
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return b"".join(parts) + jpeg[pos:]
+        end = pos + 2 + int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+        if not (marker == 0xE1 and jpeg[pos + 4 : pos + 10] == b"Exif\0\0"):
+            parts.append(jpeg[pos:end])
+        pos = end
+    return jpeg
+
+
+def _pil_png(data: bytes | bytearray) -> Tensor:
+    """PNG bytes → (3, h, w) uint8 through PIL, for the files libpng refuses and PIL reads.
 
     PngImageFile, not Image.open: Image.open hides the reason ("cannot identify image file") and warns on
-    very large images, which torchvision reads silently.
+    very large images.
     """
     with PngImageFile(io.BytesIO(data)) as im:
         if im.mode.startswith("I"):  # 16-bit grey: the high byte, as to_dtype(scale=True) keeps

@@ -21,10 +21,11 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor
 
+from affssl.data import imagenet
 from affssl.data.batches import stratified
 from affssl.data.dataset import DataError, Loaded, Split
 from affssl.data.decode import decode_files, square
-from affssl.data.folders import LAYOUTS, Files, files_in, identity, scan_folder
+from affssl.data.folders import LAYOUTS, Files, files_in, has_class_folders, identity, scan_folder
 from affssl.spec import DataSpec
 
 TORCHVISION: dict[str, str] = {  # --dataset name → torchvision.datasets class
@@ -42,6 +43,10 @@ CALTECH101_SKIP = ("BACKGROUND_Google",)
 def plan(spec: DataSpec, root: Path, progress: bool) -> tuple[str, Callable[[], object], Callable[[], Loaded]]:
     """(source id, identity of its files for the cache key, loader) for spec.dataset; root: the cache folder."""
     name, size = spec.dataset, spec.image_size_px
+    keep = None if spec.classes_file is None else imagenet.read_classes_file(spec.classes_file)
+    if keep is not None and name in ("digits", *TORCHVISION):
+        raise DataError(f"data.classes_file selects class folders of an image folder, and {name!r} is not one; "
+                        "leave data.classes_file unset or pass --dataset PATH")  # fmt: skip
     if name == "digits":
         data = Path(find_spec("sklearn").origin).parent / "datasets" / "data"  # located without importing it
         csv = identity(data, files_in(str(data), False, ("digits.csv.gz",)))
@@ -50,16 +55,23 @@ def plan(spec: DataSpec, root: Path, progress: bool) -> tuple[str, Callable[[], 
         folder = root / name
         return name, partial(_every_file, folder), partial(_torchvision, name, folder, size)
     if name == "caltech101":  # a class folder once torchvision has fetched it
-        splits, classes, folder = scan_folder(caltech101_folder(root), skip=CALTECH101_SKIP)
+        splits, classes, folder = scan_folder(caltech101_folder(root), skip=CALTECH101_SKIP, keep=keep)
     elif not Path(name).expanduser().is_dir():
         raise DataError(
             f"--dataset {name!r} is neither a known data set (digits, caltech101, {', '.join(TORCHVISION)}) "
             f"nor an existing folder; pass one of those or an image folder laid out as {LAYOUTS}"
         )
     else:
-        splits, classes, folder = scan_folder(Path(name).expanduser())
+        splits, classes, folder = scan_folder(Path(name).expanduser(), keep=keep)
     ids = [identity(folder, files) for files, _ in splits.values()]
+    if (csv := imagenet.val_solution(folder)) is not None:  # it labels a flat val/: an edit must change the key
+        ids.append([(csv.name, (st := csv.stat()).st_size, st.st_mtime_ns)])
     return str(folder), partial(list, ids), partial(_decode_folder, splits, classes, folder, size, progress)
+
+
+def labelled(dataset: str) -> bool:
+    """Whether the data set has class labels, without loading it: named sets do, folders with class folders do."""
+    return dataset in ("digits", "caltech101", *TORCHVISION) or has_class_folders(Path(dataset).expanduser())
 
 
 def _every_file(folder: Path) -> list:

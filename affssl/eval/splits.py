@@ -54,7 +54,8 @@ def dataset_spec(source: Source, dataset: str | None) -> DataSpec:
             raise UserError(f"{source.path} does not say which data set it was trained on; pass --dataset NAME|PATH")
         dataset = own.dataset
     root = own.root if own is not None else None
-    return DataSpec(dataset=dataset, image_size_px=source.image_size_px, root=root, limit=None)
+    classes = own.classes_file if own is not None and dataset == own.dataset else None  # the classes it trained on
+    return DataSpec(dataset=dataset, image_size_px=source.image_size_px, root=root, limit=None, classes_file=classes)
 
 
 def load_eval_data(
@@ -73,8 +74,8 @@ def load_eval_data(
     train, test = data.train, data.test
     if need_labels and train.labels is None:
         raise DataError(
-            f"data set {spec.dataset!r} is unlabelled, and this probe needs class labels; pass --dataset with "
-            "class folders (PATH/<class>/*.jpg or PATH/train/<class>/*.jpg)"
+            f"data set {spec.dataset!r} is unlabelled, and this probe needs class labels; pass --dataset with class "
+            "folders (PATH/<class>/*.jpg or PATH/train/<class>/*.jpg), or run `affssl eval affine`, which needs none"
         )
     if train.images.shape[-1] != source.image_size_px:
         raise DataError(

@@ -33,6 +33,9 @@ class DataSpec(_Spec):
     limit: int | None = Field(None, ge=1, description="train on this many images (stratified when labelled)")
     root: Path | None = Field(None, description="download/cache folder (default ~/.cache/affssl or $AFFSSL_CACHE)")
     cache: bool = Field(True, description="keep decoded uint8 tensors on disk so the next run skips decoding")
+    classes_file: Path | None = Field(
+        None, description="text file of class folders to keep, one per line; imagenet100: the CMC paper's list"
+    )
 
     @model_validator(mode="after")
     def _native_size(self) -> DataSpec:
