@@ -7,9 +7,11 @@ labels, classes, the images skipped as unreadable). The key is a sha256 of the s
 to the source or to those settings writes new chunks, as the tensor cache is invalidated. The folder
 is written under a temporary name and renamed into place: it exists only once complete.
 
-Each image is decoded (to find unreadable ones); one whose short side is above data.store_px is
-resized (antialiased) to it, aspect kept, and re-encoded at data.jpeg_quality, as is any image that
-is not a JPEG; a JPEG already small enough is stored as its own bytes. Decoding and encoding run in
+Each image is decoded as the tensor cache decodes it (affssl.data.decode; unreadable ones are found
+here); one whose short side is above data.store_px is resized (antialiased) to it, aspect kept, and
+re-encoded at data.jpeg_quality, as is any image that is not a JPEG TorchCodec reads; a JPEG already
+small enough is stored as its own bytes, less its Exif segments (the tensor cache ignores the Exif
+orientation; TorchCodec would apply it). Decoding and encoding run in
 data.workers loader processes; the items reach the writer in file order whatever their number.
 
 Bad data: an image that cannot be read or decoded is skipped and counted; the run goes on unless
@@ -29,10 +31,12 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 from torch.utils.data import DataLoader
+from torchcodec.decoders import decode_jpeg
+from torchcodec.encoders import JpegEncoder
 from torchvision.transforms.v2 import functional as TF
 
 from affssl.data.dataset import DataError
-from affssl.data.decode import PNG_SIGNATURE, Entry, decode_png
+from affssl.data.decode import JPEG_SIGNATURE, Entry, decode_bytes, without_exif
 from affssl.errors import UserError
 
 CHUNKS_FORMAT = 1  # bump when the stored items change, so old chunks are not reused
@@ -40,7 +44,6 @@ META = "affssl.json"
 CHUNK_BYTES = 64 << 20  # litdata's recommended chunk size for streaming
 ENCODE_BATCH = 64  # files per loader item while writing
 SHOW_BAD = 5  # bad paths named in messages and spec.json
-JPEG_SIGNATURE = b"\xff\xd8\xff"
 EXTRA = 'data.storage = "chunks" needs litdata: pip install "affssl[scale]"'
 
 
@@ -147,43 +150,20 @@ class _Encoder(torch.utils.data.Dataset):
                 data = fh.read()
         except OSError as err:
             return None, err.strerror or str(err)
-        if not data:
-            return None, "empty file"
+        own = None  # JPEG bytes training can decode as they are (Exif dropped, as the tensor cache decodes them)
         try:
-            image = decode(data)  # (3, h, w) uint8
-        except (RuntimeError, OSError, ValueError, SyntaxError) as err:
-            return None, _reason(err)
-        short = min(image.shape[-2:])
-        if self.store_px is not None and short > self.store_px:
+            if data[:3] == JPEG_SIGNATURE:
+                own = without_exif(data)
+                try:
+                    image = decode_jpeg(torch.frombuffer(bytearray(own), dtype=torch.uint8), mode="RGB")
+                except RuntimeError:  # TorchCodec refuses it; PIL may read it: stored re-encoded
+                    own, image = None, decode_bytes(data)
+            else:
+                image = decode_bytes(data)  # (3, h, w) uint8
+        except ValueError as err:
+            return None, str(err)
+        if self.store_px is not None and min(image.shape[-2:]) > self.store_px:
             image = TF.resize(image, self.store_px, antialias=True)  # short side → store_px, aspect kept
-        elif data[:3] == JPEG_SIGNATURE:
-            return data, ""  # small enough: the file's own bytes
-        from torchcodec.encoders import JpegEncoder
-
+        elif own is not None:
+            return bytes(own), ""  # small enough: the file's own bytes
         return JpegEncoder(image.contiguous()).to_tensor(quality=self.quality).numpy().tobytes(), ""
-
-
-def decode(data: bytes) -> torch.Tensor:
-    """Image bytes → (3, h, w) uint8 RGB: TorchCodec for JPEG and other formats, PIL for PNG (see affssl.decode)."""
-    from torchcodec.decoders import decode_image, decode_jpeg
-
-    if data[:3] == JPEG_SIGNATURE:
-        return decode_jpeg(data, mode="RGB")
-    if data[: len(PNG_SIGNATURE)] == PNG_SIGNATURE:
-        return decode_png(data)
-    try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB")
-    except RuntimeError:
-        import io
-
-        import numpy as np
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:  # BMP and others TorchCodec does not read
-            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-
-
-def _reason(err: Exception) -> str:
-    """The decoder's message without its C++ source location."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text.rsplit(".cpp:", 1)[-1].split(",", 1)[-1].strip() if ".cpp:" in text else text

@@ -25,7 +25,7 @@ from rich.console import Console
 from torch import Tensor
 
 from affssl import distributed
-from affssl.data import chunkwrite
+from affssl.data import chunkwrite, imagenet
 from affssl.data.batches import stratified
 from affssl.data.cache import cache_dir
 from affssl.data.dataset import Dataset
@@ -136,10 +136,11 @@ def written(data: DataSpec, progress: bool) -> Path:
 def _plan(data: DataSpec) -> tuple[list, list[int] | None, tuple[str, ...], Path]:
     """The training files, labels, classes and chunk folder of a folder source."""
     root = cache_dir(data)
+    keep = None if data.classes_file is None else imagenet.read_classes_file(data.classes_file)
     if data.dataset == "caltech101":
-        splits, classes, folder = scan_folder(caltech101_folder(root), skip=CALTECH101_SKIP)
+        splits, classes, folder = scan_folder(caltech101_folder(root), skip=CALTECH101_SKIP, keep=keep)
     else:
-        splits, classes, folder = scan_folder(Path(data.dataset).expanduser())
+        splits, classes, folder = scan_folder(Path(data.dataset).expanduser(), keep=keep)
     files, labels = splits["train"]
     key = chunkwrite.chunk_folder(root, str(folder), identity(folder, files), data.store_px, data.jpeg_quality)
     return files, labels, classes, key
