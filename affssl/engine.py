@@ -1,4 +1,4 @@
-"""The training loop: data in memory → batched views on the device → step → log → checkpoint.
+"""The training loop: data (on the device, or read from chunks) → batched views on the device → step → log.
 
 Randomness is explicit and derived, per epoch, from (seed, purpose, epoch[, rank]): the data
 order, the views and the affine parameters each have their own generator. Resuming from the
@@ -6,7 +6,8 @@ checkpoint of epoch e therefore replays epochs e+1… exactly, with no generator
 A checkpoint written inside an epoch (a stop signal, train.checkpoint_every_steps) also holds
 its position: the batches done, every process's view and affine generator states and running
 metric sums. The epoch's permutation is drawn whole at its start, so resuming re-draws it and
-skips the batches done; the run then ends bit-identical to one never stopped (on CPU).
+skips the batches done; the run then ends bit-identical to one never stopped (on CPU). Both
+storages (affssl.data.storage) take their batches from that permutation.
 
 Faults (affssl.faults): a loss that is not finite or above train.max_loss stops the run before
 the optimizer steps on it; SIGTERM/SIGINT/SIGUSR1 finish the step, write a step checkpoint and

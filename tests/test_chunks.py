@@ -233,3 +233,24 @@ def test_chunks_on_cuda_decode_each_batch_with_nvjpeg_and_train(tmp_path, folder
     pretrain(spec_for(folder, tmp_path / "cache", "data.storage=chunks", "train.device=cuda"), run, show_progress=False)
     losses = [r["loss"] for r in runs.read_metrics(run) if r["kind"] == "epoch"]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_stored_jpegs_decode_as_the_tensor_cache_decodes_them(tmp_path):
+    # An Exif orientation is ignored by the tensor cache (as torchvision and ImageFolder did); chunks drop it too.
+    from litdata import StreamingDataset
+    from PIL import Image
+    from torchcodec.decoders import decode_jpeg
+
+    from affssl.data.decode import decode_bytes
+
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    path = folder / "train" / "c0" / "exif.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90°
+    Image.new("RGB", (20, 12), (200, 30, 30)).save(path, exif=exif.tobytes(), quality=95)
+    spec = spec_for(folder, tmp_path / "cache", "data.storage=chunks", "data.workers=0")
+    written = storage.written(spec.data, False)
+    files = sorted(p for p in (folder / "train").rglob("*.jpg"))
+    stored = StreamingDataset(str(written))
+    for i, p in enumerate(files):
+        assert torch.equal(decode_jpeg(bytes(stored[i]["jpeg"])), decode_bytes(p.read_bytes())), p.name

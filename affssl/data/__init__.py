@@ -3,7 +3,8 @@
 Modules, one job each: dataset (Split, Dataset, DataError), sources (digits, torchvision sets,
 Caltech-101, folders), folders (folder layouts and scanning), decode (image bytes → uint8),
 tensorfile (memory-mapped safetensors, atomic writes), cache (the decoded uint8 cache), batches
-(epoch batches, subsets), load (load_dataset).
+(epoch batches, subsets), load (load_dataset); for large sets (docs/large-data.md): storage (which
+storage feeds a run), chunkwrite / chunkread (JPEG chunk files), crops (whole-image random crops).
 """
 
 from affssl.data.batches import batches, stratified, subset
