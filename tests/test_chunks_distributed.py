@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 
 
 def sets(folder: Path) -> list[str]:
-    overrides = [*TINY, "train.batch_size=8", f"data.dataset={folder}", "data.storage=chunks", "data.workers=1"]
+    tiny = [o if not o.startswith("train.batch_size=") else "train.batch_size=8" for o in TINY]
+    overrides = [*tiny, f"data.dataset={folder}", "data.storage=chunks", "data.workers=1"]
     return [a for o in overrides for a in ("--set", o)]  # 6 steps an epoch
 
 
