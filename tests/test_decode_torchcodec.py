@@ -98,7 +98,10 @@ def test_animated_webp_and_bmp_fall_back_to_pil():
 
 def test_unreadable_bytes_name_the_reason():
     jpeg = _images()["q75 4:2:0"]
-    for data, reason in ((b"", "empty file"), (jpeg[:200], "truncated"), (b"not an image" * 4, "nrecognized")):
+    bmp = bytearray(_encoded(Image.new("RGB", (4, 4)), "BMP"))
+    bmp[18:26] = (100_000).to_bytes(4, "little") * 2  # 10¹⁰ pixels: PIL's DecompressionBombError
+    for data, reason in ((b"", "empty file"), (jpeg[:200], "truncated"), (b"not an image" * 4, "nrecognized"),
+                         (bytes(bmp), "nrecognized")):  # fmt: skip
         with pytest.raises(ValueError, match=reason):
             decode_bytes(data)
 

@@ -1,10 +1,12 @@
 """Data: sources and folder layouts → decoded uint8 splits, the tensor cache, batches.
 
 Modules, one job each: dataset (Split, Dataset, DataError), sources (digits, torchvision sets,
-Caltech-101, folders), folders (folder layouts and scanning), decode (image bytes → uint8),
-tensorfile (memory-mapped safetensors, atomic writes), cache (the decoded uint8 cache), batches
-(epoch batches, subsets), load (load_dataset); for large sets (docs/large-data.md): storage (which
-storage feeds a run), chunkwrite / chunkread (JPEG chunk files), crops (whole-image random crops).
+Caltech-101, folders), folders (folder layouts and scanning), imagenet (ILSVRC-2012's val labels,
+the Kaggle tree, class lists such as ImageNet-100), decode (image bytes → uint8 through
+TorchCodec), tensorfile (memory-mapped safetensors, atomic writes), cache (the decoded uint8
+cache), batches (epoch batches, subsets), load (load_dataset); for large sets (docs/large-data.md):
+storage (which storage feeds a run), chunkwrite / chunkread (JPEG chunk files), crops (whole-image
+random-resized crops).
 """
 
 from affssl.data.batches import batches, stratified, subset

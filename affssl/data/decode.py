@@ -99,7 +99,7 @@ def decode_bytes(data: bytes | bytearray) -> Tensor:
             return _pil_png(data)
         with Image.open(io.BytesIO(data)) as im:
             return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, h, w)
-    except (OSError, ValueError, SyntaxError):  # PIL's PNG reader raises SyntaxError for a bad chunk
+    except Exception:  # PIL's plugins raise OSError, SyntaxError, EOFError, DecompressionBombError… on bad bytes
         raise ValueError(reason) from None
 
 
