@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from affssl.data import crops
 from affssl.precision import fp32
 from affssl.spec import AugmentSpec, Range
 
@@ -29,41 +30,53 @@ SOLARIZE_THRESHOLD = 0.5
 
 
 @fp32
-def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """x: (B, C, H, W) uint8 on the training device (C = 3). Returns two float32 views in [0, 1], each (B, C, H, W)."""
+def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator, sizes: Tensor | None = None,
+          size_px: int | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """x: (B, C, H, W) uint8 on the training device (C = 3). Returns two float32 views in [0, 1], each (B, C, S, S).
+
+    Square stored images (the tensor storage): sizes None, S = H. Whole images of several sizes (the chunks
+    storage): x zero-padded, sizes (B, 2) int64 each image's (height, width), S = size_px (affssl.data.crops).
+    """
     xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]
-    return view(xf, spec, gen, 0), view(xf, spec, gen, 1)
+    return view(xf, spec, gen, 0, sizes, size_px), view(xf, spec, gen, 1, sizes, size_px)
 
 
 @fp32
-def local_views(x: Tensor, spec: AugmentSpec, gen: torch.Generator) -> Tensor:
+def local_views(x: Tensor, spec: AugmentSpec, gen: torch.Generator, sizes: Tensor | None = None) -> Tensor:
     """x: (B, C, H, W) uint8 → spec.local_crops local views, (N·B, C, s, s) float32 in [0, 1], s = local_size_px.
 
     Row c·B + i is local view c of image i. One batched pass for all of them; call it after `views` with the
     same generator (a run without local views draws nothing here, so its global views are unchanged).
+    sizes: as for `views` (whole images of several sizes, zero-padded: each image's (height, width)).
     """
     xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]
     size = (spec.local_size_px, spec.local_size_px)
     return crop_view(xf, spec, gen, spec.local_crops, size, spec.local_crop_scale, spec.local_blur_p,
-                     spec.local_solarize_p)  # fmt: skip
+                     spec.local_solarize_p, sizes)  # fmt: skip
 
 
-def view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, index: int) -> Tensor:
+def view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, index: int, sizes: Tensor | None = None,
+         size_px: int | None = None) -> Tensor:  # fmt: skip
     """One view; x float32 in [0, 1] (B, C, H, W); index 0 or 1 selects blur_p[index] and solarize_p[index]."""
-    size = (x.shape[2], x.shape[3])
-    return crop_view(x, spec, gen, 1, size, spec.crop_scale, spec.blur_p[index], spec.solarize_p[index])
+    size = (x.shape[2], x.shape[3]) if sizes is None else (size_px, size_px)
+    return crop_view(x, spec, gen, 1, size, spec.crop_scale, spec.blur_p[index], spec.solarize_p[index], sizes)
 
 
 def crop_view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, copies: int, size: tuple[int, int],
-              scale: Range, blur_p: float, solarize_p: float) -> Tensor:  # fmt: skip
+              scale: Range, blur_p: float, solarize_p: float, sizes: Tensor | None = None) -> Tensor:  # fmt: skip
     """`copies` views of each image of x (B, C, H, W) at size (H_out, W_out) → (copies·B, C, H_out, W_out).
 
     Row c·B + i is view c of image i; crops take `scale` of the area, blur and solarize their own probabilities.
+    sizes None: x holds square stored images, boxes drawn in (H, W); else (B, 2) each zero-padded image's own
+    (height, width), boxes drawn in it with the same random numbers (affssl.data.crops).
     """
     B, _, H, W = x.shape
     n = copies * B
     # Draw everything first, whatever the spec, so switching one op off leaves the others' randomness unchanged.
-    boxes = crop_boxes(n, H, W, scale, spec.crop_ratio, gen)  # (n, 4) px
+    if sizes is None:
+        boxes = crop_boxes(n, H, W, scale, spec.crop_ratio, gen)  # (n, 4) px
+    else:
+        boxes = crops.crop_boxes(sizes.repeat(copies, 1), scale, spec.crop_ratio, gen)  # (n, 4) px
     flip = _coin(n, spec.flip_p, gen)  # (n,) bool
     jitter = jitter_params(n, spec, gen)  # apply (n,), factors (n, 4), order (n, 4)
     grey = _coin(n, spec.grayscale_p, gen)  # (n,) bool

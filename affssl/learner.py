@@ -40,13 +40,21 @@ class Learner(nn.Module):
         else:
             self.head = None
 
-    def forward(self, x: Tensor, g_views: torch.Generator, g_affine: torch.Generator) -> tuple[Tensor, dict]:
-        """x: (B, C, H, W) uint8 on the device → total loss and its detached parts."""
+    def forward(self, x: Tensor, g_views: torch.Generator, g_affine: torch.Generator,
+                sizes: Tensor | None = None) -> tuple[Tensor, dict]:  # fmt: skip
+        """x: (B, C, H, W) uint8 on the device → total loss and its detached parts.
+
+        sizes (B, 2): x holds whole images of these (height, width), zero-padded (the chunks storage);
+        the views are then cropped from each whole image and resized to data.image_size_px.
+        """
         spec = self.spec
-        v1, v2 = augment.views(x, spec.augment, g_views)  # (B, C, H, W) float each
+        if sizes is None:
+            v1, v2 = augment.views(x, spec.augment, g_views)  # (B, C, H, W) float each
+        else:
+            v1, v2 = augment.views(x, spec.augment, g_views, sizes, spec.data.image_size_px)  # (B, C, S, S) each
         h1, h2 = self.backbone(v1), self.backbone(v2)  # (B, F) each
         if spec.augment.local_crops:  # multi-crop: every local view in one more forward pass
-            local = self.backbone(augment.local_views(x, spec.augment, g_views))  # (M·B, F)
+            local = self.backbone(augment.local_views(x, spec.augment, g_views, sizes))  # (M·B, F)
             out = self.method(h1, h2, v1, v2, local)
         else:
             out = self.method(h1, h2, v1, v2)

@@ -71,9 +71,10 @@ def test_pretrain_writes_run_and_loss_goes_down(tmp_path, base, with_affine):
     run = tmp_path / "run"
     last = pretrain(spec, run, show_progress=False)
     assert last == run / runs.LAST and last.is_file()
-    assert RunSpec.model_validate_json((run / runs.SPEC).read_text()) == spec
+    stored = spec.model_copy(update={"data": spec.data.model_copy(update={"storage": "tensor"})})  # auto, resolved
+    assert RunSpec.model_validate_json((run / runs.SPEC).read_text()) == stored
     meta = header(last)
-    assert meta["format"] == TRAIN_FORMAT and RunSpec.model_validate_json(meta["spec"]) == spec
+    assert meta["format"] == TRAIN_FORMAT and RunSpec.model_validate_json(meta["spec"]) == stored
     epochs = [r for r in runs.read_metrics(run) if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
     assert ("loss_affine" in epochs[0]) == with_affine

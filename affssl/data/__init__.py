@@ -4,7 +4,9 @@ Modules, one job each: dataset (Split, Dataset, DataError), sources (digits, tor
 Caltech-101, folders), folders (folder layouts and scanning), imagenet (ILSVRC-2012's val labels,
 the Kaggle tree, class lists such as ImageNet-100), decode (image bytes → uint8 through
 TorchCodec), tensorfile (memory-mapped safetensors, atomic writes), cache (the decoded uint8
-cache), batches (epoch batches, subsets), load (load_dataset).
+cache), batches (epoch batches, subsets), load (load_dataset); for large sets (docs/large-data.md):
+storage (which storage feeds a run), chunkwrite / chunkread (JPEG chunk files), crops (whole-image
+random-resized crops).
 """
 
 from affssl.data.batches import batches, stratified, subset

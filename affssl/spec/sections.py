@@ -43,6 +43,25 @@ class DataSpec(_Spec):
             object.__setattr__(self, "image_size_px", NATIVE_SIZE_PX.get(self.dataset, 32))
         return self
 
+    # The storage of large sets (docs/large-data.md; affssl.data.storage, chunkwrite, chunkread).
+    storage: Literal["auto", "tensor", "chunks"] = Field(
+        "auto",
+        description="tensor: decoded set held on the device; chunks: JPEG chunk files streamed with litdata; "
+        "auto: tensor when the decoded set fits half the RAM (and CUDA memory), stored resolved",
+    )
+    store_px: int | None = Field(
+        None, ge=8, description="chunks: short side of the stored images (aspect kept, never enlarged); None → as found"
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100, description="chunks: quality of the images re-encoded when stored")
+    max_bad_frac: float = Field(
+        0.001, ge=0, le=1, description="chunks: unreadable images are skipped; more than this share stops the run"
+    )
+    workers: int | None = Field(
+        None, ge=0, description="chunks: loader processes per training process; None → the CPUs shared, 1 to 8"
+    )
+    bad_count: int | None = Field(None, ge=0, description="set by the run: images skipped as unreadable (chunks)")
+    bad_first: tuple[str, ...] = Field((), description="set by the run: the first of those images")
+
 
 class AugmentSpec(_Spec):
     """The base methods' views (paper §2.3): crop, flip, colour jitter, grey-scale, blur."""
