@@ -13,14 +13,12 @@ with onnxruntime before the file is put in place.
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from affssl import checkpoint
+from affssl import atomic, checkpoint
 from affssl.backbones import recipe
 from affssl.checkpoint import BACKBONE_FORMAT, TRAIN_FORMAT
 from affssl.errors import UserError
@@ -108,9 +106,8 @@ def _export_onnx(backbone: nn.Module, source: Source, out: Path) -> float:
     with torch.inference_mode():
         want = backbone(x).numpy()  # (2, F)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic.replacing(out) as tmp_path:
+        tmp = str(tmp_path)
         # The dynamo exporter needs onnxscript; without it, the TorchScript exporter (onnx only).
         dynamo = importlib.util.find_spec("onnxscript") is not None
         batch = (
@@ -129,8 +126,4 @@ def _export_onnx(backbone: nn.Module, source: Source, out: Path) -> float:
         diff = float(abs(got - want).max())
         if diff > ONNX_TOLERANCE:
             raise UserError(f"the ONNX model differs from torch by {diff:.2e} (> {ONNX_TOLERANCE}); nothing written")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return diff

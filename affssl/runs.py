@@ -17,10 +17,10 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from affssl import atomic
 from affssl.errors import UserError, write_failed
 from affssl.spec import RunSpec
 
@@ -73,18 +73,11 @@ def rewrite_metrics(run: Path, records: list[dict]) -> None:
 
 def _replace(path: Path, text: str) -> None:
     """Write `text` to a temp file beside `path`, then os.replace it; a failed write leaves the previous file."""
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:
+            tmp.write_text(text)
     except OSError as err:
         raise write_failed(path, err) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def append_metrics(run: Path, record: dict) -> None:
