@@ -46,6 +46,7 @@ def test_pretrain_tiny_run_and_refuse_overwrite(tmp_path):
     result = run("pretrain", "--epochs", "1", "--no-progress", "--out", out, *TINY)
     assert result.exit_code == 0, result.output
     assert f"checkpoint: {out / 'last.safetensors'}" in result.output.replace("\n", "")
+    assert ", 1 epoch, final loss" in result.output
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert_one_line_error(run("pretrain", "--epochs", "1", "--out", out, *TINY), "--resume")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
@@ -61,6 +62,7 @@ def corrupt_folder(root):
     ("args", "fragment"),
     [
         (["--base", "moco"], "unknown base method 'moco'"),
+        (["--base", "simclrr"], "unknown base method 'simclrr'; did you mean 'simclr'?"),
         (["--set", "optim.lrr=0.1"], "optim.lrr: unknown key"),
         (["--set", "train.batch_size='big'"], "train.batch_size"),
         (["--epochs", "-1"], "train.epochs"),
@@ -70,8 +72,19 @@ def corrupt_folder(root):
         (["--resume"], "--resume needs --out"),
     ],
 )
-def test_bad_input_is_one_line(args, fragment):
+def test_bad_input_is_one_line(args, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default run folder runs/<base>-<kind>-<time> would go
     assert_one_line_error(run("pretrain", "--no-progress", *args), fragment)
+    assert list(tmp_path.iterdir()) == []  # nothing created for a command that fails on its input
+
+
+def test_no_run_folder_for_data_that_cannot_be_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFSSL_OFFLINE", "1")
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    assert_one_line_error(run("pretrain", "--dataset", "cifar10", "--out", tmp_path / "r0"), "AFFSSL_OFFLINE=1")
+    folder = corrupt_folder(tmp_path / "corrupt")
+    assert_one_line_error(run("pretrain", "--dataset", folder, "--out", tmp_path / "r1"), "broken.jpg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt"]
 
 
 def test_bad_files_are_one_line(tmp_path):

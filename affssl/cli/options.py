@@ -10,6 +10,7 @@ import typer
 
 from affssl.errors import UserError
 from affssl.spec import COMPONENTS, METHOD_SPECS, RunSpec, build_spec, read_toml
+from affssl.spec.methods import unknown_base
 
 SpecArg = Annotated[
     str | None, typer.Argument(help="TOML spec file or preset (default, paper, cifar10-cpu).", show_default=False)
@@ -53,7 +54,7 @@ def resolve_spec(source: str | None, base: str | None, overrides: list[str]) -> 
     tree = read_toml(source) if source else read_toml("default")
     if base is not None:
         if base not in METHOD_SPECS:
-            raise UserError(f"unknown base method {base!r}; choose one of {', '.join(METHOD_SPECS)}")
+            raise UserError(unknown_base(base))
         if tree.get("method", {}).get("name", "simclr") != base:
             tree["method"] = {"name": base}  # the file's method options belong to another method
     return build_spec(tree, overrides)

@@ -62,6 +62,7 @@ def pretrain(
 ) -> None:
     """Pretrain an encoder; writes RUN/spec.json, RUN/metrics.jsonl and RUN/last.safetensors."""
     from affssl import distributed
+    from affssl.data import load_dataset
     from affssl.engine import pretrain as run_pretrain
 
     explicit = flag_overrides(None, affine, components, dataset, backbone, epochs, batch_size, limit, seed, device)
@@ -78,6 +79,9 @@ def pretrain(
         return
     run = out_dir or runs.default_name(spec)
     distributed.setup()
+    # Inputs first: nothing is created (run folder, lock) for a run whose folder or data cannot be used.
+    runs.check(run, resume=resume, overwrite=overwrite)
+    data = load_dataset(spec.data, seed=spec.train.seed, progress=progress and distributed.is_main())
     with runlock.hold(run) if distributed.is_main() else contextlib.nullcontext() as stale:
         if stale:
             err.print(f"note: took over the lock of a run that ended without releasing it ({escape(stale)})")
@@ -87,12 +91,13 @@ def pretrain(
             runs.prepare(run, resume=False, overwrite=overwrite)
         distributed.barrier()
         t0 = time.perf_counter()
-        last = run_pretrain(spec, run, resume=resume, show_progress=progress)
+        last = run_pretrain(spec, run, resume=resume, show_progress=progress, data=data)
     if distributed.is_main():
         summary = [r for r in runs.read_metrics(run) if r.get("kind") == "epoch"][-1]
+        epochs = f"{spec.train.epochs} epoch{'s' * (spec.train.epochs != 1)}"
         out.print(
             f"[green]done[/] in {time.perf_counter() - t0:.0f} s — {spec.method.name}"
-            f"{' + affine' if spec.affine.enabled else ''}, {spec.train.epochs} epochs, final loss "
+            f"{' + affine' if spec.affine.enabled else ''}, {epochs}, final loss "
             f"{summary['loss']:.4f}, {summary['img_per_s']:.0f} img/s\ncheckpoint: {last}",
             highlight=False,
         )

@@ -17,7 +17,7 @@ from pydantic import ValidationError, model_validator
 
 from affssl.spec.backbone import STEM_FAMILY, WIDTH_RESNETS, BackboneSpec
 from affssl.spec.base import FrozenSpec as _Spec
-from affssl.spec.methods import DEFAULT_AFFINE_WEIGHT, METHOD_SPECS, MethodSpec, SimCLRSpec
+from affssl.spec.methods import DEFAULT_AFFINE_WEIGHT, METHOD_SPECS, MethodSpec, SimCLRSpec, unknown_base
 from affssl.spec.sections import PRESETS, AffineSpec, AugmentSpec, DataSpec, OptimSpec, TrainSpec
 from affssl.spec.tree import (
     BASES_KEY,
@@ -106,7 +106,7 @@ def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
         tree["method"].setdefault("name", "simclr")
         name = tree["method"]["name"]
         if not isinstance(name, str) or name not in METHOD_SPECS:  # a list or table is no name (found by fuzzing)
-            raise SpecError(f"unknown base method {name!r}; choose one of {', '.join(METHOD_SPECS)}")
+            raise SpecError(unknown_base(name))
     try:
         return RunSpec.model_validate(tree)
     except ValidationError as err:
