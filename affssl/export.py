@@ -50,12 +50,26 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "safetensors") -> dict:
         "feat_dim": backbone.feat_dim,
         "params": sum(p.numel() for p in backbone.parameters()),
         "tensors": len(tensors),
+        "load": how_to_load(out, fmt, recipe(source.backbone, source.image_size_px, backbone.removed_head)),
     }
     if fmt == "safetensors":
         checkpoint.save(out, tensors, _metadata(source, backbone))
     else:
         summary["max_abs_diff"] = _export_onnx(backbone, source, out)
     return summary
+
+
+def how_to_load(out: Path, fmt: str, torchvision_recipe: str) -> str:
+    """One line of Python that loads the written file: torchvision's model (strict) when it can hold the weights.
+
+    A ResNet of width ≠ 64 has no torchvision counterpart (its recipe starts with "none:"): affssl.load_backbone
+    rebuilds it as affssl's ResNet with the same key names.
+    """
+    if fmt == "onnx":
+        return f"onnxruntime.InferenceSession({str(out)!r})"
+    if torchvision_recipe.startswith("none:"):
+        return f"affssl.load_backbone({str(out)!r})  # {torchvision_recipe.removeprefix('none: ').split(';')[0]}"
+    return f"{torchvision_recipe}; m.load_state_dict(safetensors.torch.load_file({str(out)!r}), strict=True)"
 
 
 def _metadata(source: Source, backbone: nn.Module) -> dict[str, str]:

@@ -13,12 +13,12 @@ from typing import Annotated
 import typer
 
 from affssl import runs
-from affssl.cli.console import err, friendly, out
+from affssl.cli.console import Command, Group, err, friendly, out
 from affssl.cli.options import CkptArg, JsonOpt, SetOpt, resolve_spec
 from affssl.errors import UserError
 from affssl.spec import build_spec
 
-app = typer.Typer(no_args_is_help=True, help="Probe the frozen encoder of a checkpoint or export.")
+app = typer.Typer(cls=Group, no_args_is_help=True, help="Probe the frozen encoder of a checkpoint or export.")
 
 EvalDatasetOpt = Annotated[
     str | None,
@@ -67,7 +67,7 @@ def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_
     _show(evaluate(ckpt, progress=err.is_terminal, **options), as_json)
 
 
-@app.command("linear")
+@app.command("linear", cls=Command)
 @friendly
 def eval_linear(
     ckpt: CkptArg,
@@ -87,7 +87,7 @@ def eval_linear(
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
-@app.command("knn")
+@app.command("knn", cls=Command)
 @friendly
 def eval_knn(
     ckpt: CkptArg,
@@ -106,7 +106,7 @@ def eval_knn(
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
-@app.command("affine")
+@app.command("affine", cls=Command)
 @friendly
 def eval_affine(
     ckpt: CkptArg,
