@@ -31,6 +31,7 @@ from affssl.cli.options import (
 )
 from affssl.errors import UserError
 from affssl.spec import RunSpec, SpecError, build_spec, flatten, parse_value
+from affssl.spec.run import to_toml
 
 # Fields `pretrain --resume` may change: how long, where and how often a run trains, logs and saves,
 # and where its data cache lives; never what it learns from or how. Other fields may be repeated.
@@ -57,7 +58,7 @@ def pretrain(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the run in --out.")] = False,
-    print_spec: Annotated[bool, typer.Option(help="Print the resolved spec as TOML-ready JSON and exit.")] = False,
+    print_spec: Annotated[bool, typer.Option(help="Print the resolved spec as TOML (a spec file) and exit.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Pretrain an encoder; writes RUN/spec.json, RUN/metrics.jsonl and RUN/last.safetensors."""
@@ -74,8 +75,8 @@ def pretrain(
         spec = resume_spec(out_dir, spec_file, base, explicit)
     else:
         spec = resolve_spec(spec_file, base, explicit)
-    if print_spec:
-        out.print_json(spec.model_dump_json())
+    if print_spec:  # `affssl pretrain --print-spec > s.toml && affssl pretrain s.toml` trains the same run
+        typer.echo(to_toml(spec), nl=False)
         return
     run = out_dir or runs.default_name(spec)
     distributed.setup()
