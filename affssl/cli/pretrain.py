@@ -60,6 +60,10 @@ def pretrain(
     overwrite: Annotated[bool, typer.Option(help="Replace the run in --out.")] = False,
     print_spec: Annotated[bool, typer.Option(help="Print the resolved spec as TOML (a spec file) and exit.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    preview: Annotated[
+        Path | None,
+        typer.Option(metavar="PNG", help="Draw the first batch's views and warps into PNG and exit (no training)."),
+    ] = None,
 ) -> None:
     """Pretrain an encoder; writes RUN/spec.json, RUN/metrics.jsonl and RUN/last.safetensors."""
     from affssl import distributed
@@ -77,6 +81,9 @@ def pretrain(
         spec = resolve_spec(spec_file, base, explicit)
     if print_spec:  # `affssl pretrain --print-spec > s.toml && affssl pretrain s.toml` trains the same run
         typer.echo(to_toml(spec), nl=False)
+        return
+    if preview is not None:
+        _preview(spec, preview, progress)
         return
     run = out_dir or runs.default_name(spec)
     distributed.setup()
@@ -103,6 +110,15 @@ def pretrain(
             highlight=False,
         )
     distributed.teardown()
+
+
+def _preview(spec: RunSpec, path: Path, progress: bool) -> None:
+    from affssl.preview import phi_text, write_preview
+
+    shown = write_preview(spec, path, progress=progress)
+    what = "" if shown.phi is None else "; φ per row: " + " | ".join(phi_text(p).replace("\n", " ") for p in shown.phi)
+    out.print(f"[green]preview[/] {escape(str(path))}: {shown.stored.shape[0]} images of the first batch{what}",
+              highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def resume_spec(run: Path, source: str | None, base: str | None, explicit: list[str]) -> RunSpec:
