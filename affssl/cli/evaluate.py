@@ -1,4 +1,4 @@
-"""`affssl eval linear | knn | affine`: probe the frozen encoder of a checkpoint, an export, or an untrained spec.
+"""`affssl eval linear | knn | affine | embed`: probe or map the frozen encoder of a checkpoint, export or spec.
 
 Each command rebuilds the backbone from the file's header (no --arch) and calls one of affssl.eval's
 evaluate_<protocol> functions; the record is shown as a table or, with --json, one JSON object.
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from affssl import runs
 from affssl.cli.console import Command, Group, err, friendly, out
@@ -123,3 +124,33 @@ def eval_affine(
     """Equivariance probe: R² of φ (rotation, translation, scale, shear) from features of an image and its warp."""
     _probe("affine", ckpt, json_, init, set_, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
+
+
+@app.command("embed", cls=Command)
+@friendly
+def eval_embed(
+    ckpt: CkptArg,
+    dataset: EvalDatasetOpt = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", metavar="PNG", help="Default: RUN/eval/embed-<data>.png.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="auto (umap when umap-learn is installed) | tsne | umap.")] = "auto",
+    points: Annotated[int, typer.Option(min=3, metavar="N", help="Test images on the map (a seeded subset).")] = 2000,
+    json_: JsonOpt = False,
+    device: EvalDeviceOpt = "auto",
+    batch_size: EvalBatchOpt = 256,
+    seed: EvalSeedOpt = 0,
+    cache: CacheOpt = True,
+) -> None:
+    """A 2-D map (t-SNE or UMAP) of the test features, coloured by class, as a PNG."""
+    from affssl.eval.embed import evaluate_embed
+
+    record = evaluate_embed(ckpt, dataset=dataset, out=out_path, method=method, points=points, seed=seed,
+                            device=device, batch_size=batch_size, cache=cache, progress=err.is_terminal)  # fmt: skip
+    if json_:
+        typer.echo(json.dumps(record))
+        return
+    result = record["result"]
+    line = (f"[green]map[/] {escape(result['png'])} ({result['method']}, {result['points']} test images of "
+            f"{escape(record['dataset']['name'])}); record: {escape(record['path'])}")  # fmt: skip
+    out.print(line, highlight=False, soft_wrap=True)
