@@ -56,9 +56,9 @@ def pretrain(
         None
     ),
     set_: SetOpt = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace the run in --out.")] = False,
-    print_spec: Annotated[bool, typer.Option(help="Print the resolved spec as TOML (a spec file) and exit.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
+    print_spec: Annotated[bool, typer.Option("--print-spec", help="Print the resolved spec as TOML and exit.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     preview: Annotated[
         Path | None,
