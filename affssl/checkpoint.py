@@ -8,8 +8,6 @@ what is wrong with it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from affssl import atomic
 from affssl.errors import UserError, write_failed
 
 TRAIN_FORMAT = "affssl.train/1"
@@ -38,18 +37,12 @@ def save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> No
     path = Path(path)
     header = {"affssl_version": __version__, "torch_version": torch.__version__, **metadata}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:
+            save_file(tensors, tmp, metadata=header)
     except (OSError, SafetensorError) as err:
         raise write_failed(path, err) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_header(path: Path) -> dict[str, str]:

@@ -15,14 +15,12 @@ with onnxruntime before the file is put in place.
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from affssl import checkpoint
+from affssl import atomic, checkpoint
 from affssl.backbones import recipe, torchvision_kwargs
 from affssl.checkpoint import BACKBONE_FORMAT, TRAIN_FORMAT
 from affssl.errors import UserError
@@ -54,12 +52,26 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "safetensors") -> dict:
         "feat_dim": backbone.feat_dim,
         "params": sum(p.numel() for p in backbone.parameters()),
         "tensors": len(tensors),
+        "load": how_to_load(out, fmt, recipe(source.backbone, source.image_size_px, backbone.removed_head)),
     }
     if fmt == "safetensors":
         checkpoint.save(out, tensors, _metadata(source, backbone))
     else:
         summary["max_abs_diff"] = _export_onnx(backbone, source, out)
     return summary
+
+
+def how_to_load(out: Path, fmt: str, torchvision_recipe: str) -> str:
+    """One line of Python that loads the written file: torchvision's model (strict) when it can hold the weights.
+
+    A ResNet of width ≠ 64 has no torchvision counterpart (its recipe starts with "none:"): affssl.load_backbone
+    rebuilds it as affssl's ResNet with the same key names.
+    """
+    if fmt == "onnx":
+        return f"onnxruntime.InferenceSession({str(out)!r})"
+    if torchvision_recipe.startswith("none:"):
+        return f"affssl.load_backbone({str(out)!r})  # {torchvision_recipe.removeprefix('none: ').split(';')[0]}"
+    return f"{torchvision_recipe}; m.load_state_dict(safetensors.torch.load_file({str(out)!r}), strict=True)"
 
 
 def _metadata(source: Source, backbone: nn.Module) -> dict[str, str]:
@@ -111,9 +123,8 @@ def _export_onnx(backbone: nn.Module, source: Source, out: Path) -> float:
     with torch.inference_mode():
         want = backbone(x).numpy()  # (2, F)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic.replacing(out) as tmp_path:
+        tmp = str(tmp_path)
         # The dynamo exporter needs onnxscript; without it, the TorchScript exporter (onnx only).
         dynamo = importlib.util.find_spec("onnxscript") is not None
         batch = (
@@ -132,8 +143,4 @@ def _export_onnx(backbone: nn.Module, source: Source, out: Path) -> float:
         diff = float(abs(got - want).max())
         if diff > ONNX_TOLERANCE:
             raise UserError(f"the ONNX model differs from torch by {diff:.2e} (> {ONNX_TOLERANCE}); nothing written")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return diff

@@ -17,10 +17,10 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from affssl import atomic
 from affssl.errors import UserError, write_failed
 from affssl.spec import RunSpec
 
@@ -40,18 +40,27 @@ def default_name(spec: RunSpec) -> Path:
     return Path("runs") / f"{spec.method.name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare(run: Path, resume: bool, overwrite: bool) -> None:
-    """Check that `run` may be written: new or empty, or --resume / --overwrite given."""
+def check(run: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse a `run` that may not be written (writes nothing); returns whether it holds files to replace.
+
+    New or empty is fine; a folder with files needs --resume (and a checkpoint) or --overwrite.
+    """
     if run.exists() and not run.is_dir():
         raise UserError(f"--out {run} is a file; name a folder")
     busy = run.is_dir() and any(p.name != LOCK for p in run.iterdir())  # the lock is this command's own
-    if resume:
-        if not (run / LAST).is_file():
-            raise UserError(f"nothing to resume in {run}: no {LAST}; drop --resume to start a new run")
-        return
-    if busy and not overwrite:
+    if resume and not (run / LAST).is_file():
+        raise UserError(f"nothing to resume in {run}: no {LAST}; drop --resume to start a new run")
+    if busy and not overwrite and not resume:
         raise UserError(f"{run} already holds files; pass --resume to continue it, --overwrite to replace it, "
                         "or another --out")  # fmt: skip
+    return busy
+
+
+def prepare(run: Path, resume: bool, overwrite: bool) -> None:
+    """Check that `run` may be written (`check`), then empty it for --overwrite and create it."""
+    busy = check(run, resume, overwrite)
+    if resume:
+        return
     try:
         if busy and overwrite:
             for child in (p for p in run.iterdir() if p.name != LOCK):
@@ -73,18 +82,11 @@ def rewrite_metrics(run: Path, records: list[dict]) -> None:
 
 def _replace(path: Path, text: str) -> None:
     """Write `text` to a temp file beside `path`, then os.replace it; a failed write leaves the previous file."""
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:
+            tmp.write_text(text)
     except OSError as err:
         raise write_failed(path, err) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def append_metrics(run: Path, record: dict) -> None:

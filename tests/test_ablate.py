@@ -363,6 +363,7 @@ def test_equal_time_run_gets_the_affine_runs_time_in_whole_epochs(tmp_path, fake
     assert sorted(p.name for p in (run / "curve").iterdir()) == ["epoch-0002", "epoch-0003", "epoch-0005"]
     summary = (tmp_path / "summary.md").read_text()
     assert "Holm p vs equal time" in summary and "| simclr/base-equal-time | 0 | 1.5000 | 6 | 12.0 |" in summary
+    assert "vs floor (points)" in result.output and "vs base (%)" in result.output  # each column's unit
     again = fakes()
     assert runner.invoke(app, argv).exit_code == 0 and again.trained == [] and again.evaluated == []
 

@@ -106,7 +106,7 @@ def test_unknown_backbone_is_one_line_that_says_how_to_list_names(flag):
 def test_cli_takes_any_torchvision_name():
     result = CliRunner().invoke(app, ["pretrain", "--backbone", "mobilenet_v3_small", "--print-spec"])
     assert result.exit_code == 0, result.output
-    assert '"name": "mobilenet_v3_small"' in result.output
+    assert 'name = "mobilenet_v3_small"' in result.output
 
 
 def test_pretrain_a_mobilenet_through_the_engine(tmp_path):

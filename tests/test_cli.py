@@ -1,8 +1,9 @@
 """The pretrain command: flags, --print-spec, and one-line errors (exit 2, no traceback)."""
 
-import json
+import tomllib
 
 import pytest
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from affssl.cli import app
@@ -27,7 +28,7 @@ def test_print_spec_applies_flags_then_set():
     result = run("pretrain", "--base", "barlow", "--no-affine", "--components", "scale,shear", "--epochs", "3",
                  "--set", "train.epochs=5", "--print-spec")  # fmt: skip
     assert result.exit_code == 0, result.output
-    spec = json.loads(result.output)
+    spec = tomllib.loads(result.output)
     assert spec["method"]["name"] == "barlow" and spec["affine"]["weight"] == 10.0
     assert spec["affine"]["enabled"] is False and spec["affine"]["components"] == ["scale", "shear"]
     assert spec["train"]["epochs"] == 5
@@ -37,8 +38,38 @@ def test_print_spec_applies_flags_then_set():
 def test_print_spec_takes_the_new_bases(base, weight):
     result = run("pretrain", "--base", base, "--print-spec")
     assert result.exit_code == 0, result.output
-    spec = json.loads(result.output)
+    spec = tomllib.loads(result.output)
     assert spec["method"]["name"] == base and spec["affine"]["weight"] == weight
+
+
+@pytest.mark.parametrize("preset", ["default", "paper", "cifar10-cpu"])
+@pytest.mark.parametrize("base", ["simclr", "byol", "barlow", "vicreg", "mocov3", "simsiam"])
+def test_print_spec_is_toml_that_reads_back_the_same_spec(preset, base, tmp_path):
+    from affssl.spec import load_spec
+
+    flags = ["--base", base, "--components", "scale,shear", "--limit", "100", "--set", "train.max_loss=inf",
+             "--set", "data.root=/tmp/elsewhere"]  # fmt: skip
+    result = run("pretrain", preset, *flags, "--print-spec")
+    assert result.exit_code == 0, result.output
+    assert "null" not in result.output and "None" not in result.output
+    (tmp_path / "s.toml").write_text(result.output)
+    again = run("pretrain", tmp_path / "s.toml", "--print-spec")
+    assert again.exit_code == 0 and again.output == result.output  # printed again: the same text
+    overrides = [f"method.name={base}", 'affine.components=["scale","shear"]', "data.limit=100", "train.max_loss=inf",
+                 "data.root=/tmp/elsewhere"]  # fmt: skip
+    assert load_spec(tmp_path / "s.toml") == load_spec(preset, overrides)
+
+
+def test_a_printed_spec_trains_the_same_run(tmp_path):
+    flags = ["--base", "byol", "--epochs", "1", "--seed", "3", *TINY]
+    printed = run("pretrain", *flags, "--print-spec")
+    (tmp_path / "s.toml").write_text(printed.output)
+    for args, out in ((flags, "flags"), ([tmp_path / "s.toml"], "file")):
+        result = run("pretrain", *args, "--no-progress", "--out", tmp_path / out)
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "flags/spec.json").read_text() == (tmp_path / "file/spec.json").read_text()
+    a, b = (load_file(tmp_path / run_ / "last.safetensors") for run_ in ("flags", "file"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
 def test_pretrain_tiny_run_and_refuse_overwrite(tmp_path):
@@ -46,6 +77,7 @@ def test_pretrain_tiny_run_and_refuse_overwrite(tmp_path):
     result = run("pretrain", "--epochs", "1", "--no-progress", "--out", out, *TINY)
     assert result.exit_code == 0, result.output
     assert f"checkpoint: {out / 'last.safetensors'}" in result.output.replace("\n", "")
+    assert ", 1 epoch, final loss" in result.output
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert_one_line_error(run("pretrain", "--epochs", "1", "--out", out, *TINY), "--resume")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
@@ -61,6 +93,7 @@ def corrupt_folder(root):
     ("args", "fragment"),
     [
         (["--base", "moco"], "unknown base method 'moco'"),
+        (["--base", "simclrr"], "unknown base method 'simclrr'; did you mean 'simclr'?"),
         (["--set", "optim.lrr=0.1"], "optim.lrr: unknown key"),
         (["--set", "train.batch_size='big'"], "train.batch_size"),
         (["--epochs", "-1"], "train.epochs"),
@@ -70,8 +103,19 @@ def corrupt_folder(root):
         (["--resume"], "--resume needs --out"),
     ],
 )
-def test_bad_input_is_one_line(args, fragment):
+def test_bad_input_is_one_line(args, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default run folder runs/<base>-<kind>-<time> would go
     assert_one_line_error(run("pretrain", "--no-progress", *args), fragment)
+    assert list(tmp_path.iterdir()) == []  # nothing created for a command that fails on its input
+
+
+def test_no_run_folder_for_data_that_cannot_be_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFSSL_OFFLINE", "1")
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    assert_one_line_error(run("pretrain", "--dataset", "cifar10", "--out", tmp_path / "r0"), "AFFSSL_OFFLINE=1")
+    folder = corrupt_folder(tmp_path / "corrupt")
+    assert_one_line_error(run("pretrain", "--dataset", folder, "--out", tmp_path / "r1"), "broken.jpg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt"]
 
 
 def test_bad_files_are_one_line(tmp_path):

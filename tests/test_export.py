@@ -154,3 +154,32 @@ def test_onnx_without_the_extra_is_a_user_error(tiny_checkpoint, tmp_path, monke
     with pytest.raises(UserError, match="pip install onnx onnxruntime"):
         export(tiny_checkpoint, tmp_path / "bb.onnx", fmt="onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_printed_load_line_loads_the_file(make_checkpoint, tiny_checkpoint, tmp_path, monkeypatch):
+    """`affssl export` says in its one line how the file loads: torchvision (strict) when it can hold it."""
+    from typer.testing import CliRunner
+
+    from affssl.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    for ckpt, name in (
+        (make_checkpoint(ARCHS["resnet18"], "resnet18"), "tv.safetensors"),
+        (tiny_checkpoint, "w8.safetensors"),
+    ):
+        result = CliRunner().invoke(app, ["export", str(ckpt), "--out", name])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert len(lines) == 1 and "; load: " in lines[0]
+        namespace = {
+            "torchvision": torchvision,
+            "nn": torch.nn,
+            "affssl": affssl,
+            "safetensors": __import__("safetensors.torch"),
+        }
+        exec(lines[0].split("; load: ", 1)[1], namespace)  # the printed Python runs as written
+        if name == "tv.safetensors":  # width 64: torchvision's own model, loaded strict
+            assert "torchvision.models.get_model('resnet18'" in lines[0] and "strict=True" in lines[0]
+            assert isinstance(namespace["m"], torchvision.models.ResNet)
+        else:  # width 8 (the default 16 alike): no torchvision model can hold it
+            assert "affssl.load_backbone('w8.safetensors')" in lines[0] and "width 8" in lines[0]

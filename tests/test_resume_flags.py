@@ -1,6 +1,7 @@
 """`pretrain --resume`: every shortcut flag and a few --set fields, refused when they contradict the run."""
 
 import json
+import tomllib
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def test_contradicting_flag_is_refused_naming_both_values(run_dir, args, field, 
 def test_allowed_or_repeated_flag_takes_effect(run_dir, args, field, value):
     result = invoke("--resume", "--out", run_dir, "--print-spec", *args)
     assert result.exit_code == 0, result.output
-    spec = json.loads(result.output)
+    spec = tomllib.loads(result.output)
     section, name = field.split(".")
     assert spec[section][name] == value
 

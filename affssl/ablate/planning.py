@@ -21,6 +21,7 @@ from typing import Literal
 
 from affssl.errors import UserError
 from affssl.spec import COMPONENTS, METHOD_SPECS, RunSpec
+from affssl.spec.methods import unknown_base
 
 ABLATE_FORMAT = "affssl.ablate/1"
 PLAN = "ablate.json"
@@ -148,7 +149,7 @@ def make_ablation(
         raise UserError(f"--base repeats a method: {','.join(chosen_bases)}")
     for b in chosen_bases:
         if b not in METHOD_SPECS:
-            raise UserError(f"unknown base method {b!r} in --base; choose from {', '.join(METHOD_SPECS)}")
+            raise UserError(f"--base: {unknown_base(b)}")
     comps = split_list(components) or COMPONENTS
     for c in comps:
         if c not in COMPONENTS:

@@ -129,7 +129,7 @@ def run_state(run: PlannedRun, folder: Path, ev: EvalSettings) -> State:
     planned = run.spec.train.epochs
     if epoch > planned:
         raise UserError(
-            f"{folder} was trained for {epoch} epochs, this ablation plans {planned}; "
+            f"{folder} was trained for {epoch} epoch{'s' * (epoch != 1)}, this ablation plans {planned}; "
             "choose another --out, or ask for at least as many --epochs"
         )
     if epoch < planned:

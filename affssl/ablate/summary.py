@@ -131,14 +131,15 @@ def rich_table(metric: str, stats: list[VariantStats]) -> Table:
         floor = "—" if s.vs_floor is None else fmt(s.vs_floor.gain, digits, signed=True)
         row = [name_of(s, "*"), str(s.summary.n), mean, floor, rel(s.vs_base), p_base, fmt_p(s.p_holm_base)]
         rows.append(row + ([rel(s.vs_equal), fmt_p(s.p_holm_equal)] if equal else []) + [rel(s.vs_ref), p_ref])
-    caption = ("CI: 95 % t-interval half-width; vs floor: gain over the untrained encoder; *: all listed components, "
-               "the 'vs all' reference; p: Welch t-test; "
-               "Holm: Holm–Bonferroni adjusted")  # fmt: skip
+    points = "R²" if metric.startswith("affine-") else "points"  # the metric's own unit, as the mean's
+    caption = (f"CI: 95 % t-interval half-width; vs floor: gain over the untrained encoder in {points}; vs base, "
+               "vs equal t, vs all: relative gain in %; *: all listed components, the 'vs all' reference; p: Welch "
+               "t-test; Holm: Holm–Bonferroni adjusted")  # fmt: skip
     table = Table(title=f"{metric} ({unit_label(metric)})", caption=caption, header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-    headers = ("variant", "n", "mean ± CI", "vs floor", "vs base", "p", "Holm")
-    headers += ("vs equal t", "Holm") if equal else ()
-    for i, header in enumerate((*headers, "vs all", "p")):
+    headers = ("variant", "n", "mean ± CI", f"vs floor ({points})", "vs base (%)", "p", "Holm")
+    headers += ("vs equal t (%)", "Holm") if equal else ()
+    for i, header in enumerate((*headers, "vs all (%)", "p")):
         width = max(len(header), *(len(r[i]) for r in rows)) if rows else len(header)
         table.add_column(header, justify="left" if i == 0 else "right", min_width=width, overflow="fold")
     for r in rows:

@@ -18,15 +18,16 @@ import typer
 from affssl.cli import ablate, console, evaluate, export, pretrain
 
 app = typer.Typer(
+    cls=console.Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     help="Self-supervised pretraining with affine transformation estimation (Torpey & Klein, arXiv 2402.09071).",
 )
-app.command()(pretrain.pretrain)
+app.command(cls=console.Command)(pretrain.pretrain)
 app.add_typer(evaluate.app, name="eval")
-app.command("export")(export.export_backbone)
-app.command()(ablate.ablate)
+app.command("export", cls=console.Command)(export.export_backbone)
+app.command(cls=console.Command)(ablate.ablate)
 
 
 @app.callback()

@@ -12,38 +12,39 @@ import typer
 from affssl.ablate.labels import label_free
 from affssl.cli.console import friendly, out
 from affssl.cli.options import (
-    BackboneOpt,
-    BatchOpt,
-    DatasetOpt,
-    DeviceOpt,
-    EpochsOpt,
-    LimitOpt,
-    SetOpt,
     SpecArg,
     flag_overrides,
     resolve_spec,
 )
 from affssl.spec import COMPONENTS
 
-PresetOpt = Annotated[str | None, typer.Option(help="A paper table: main | components | aggregation | views | fill | "
-                                                   "weight | location.")]  # fmt: skip
-BasesOpt = Annotated[str | None, typer.Option("--base", help="Comma list of base methods (default: the spec's; a "
-                                                             "preset's: simclr,byol,barlow).")]  # fmt: skip
-SubsetsOpt = Annotated[str | None, typer.Option(help="together: all listed components at once; singles (default): "
-                                                     "also each alone; all: every non-empty subset.")]  # fmt: skip
-StatUnitOpt = Annotated[str, typer.Option(help="seed: one sample per run; trial: one per linear-probe trial (paper "
-                                               "§2.4); auto: trial for one seed.")]  # fmt: skip
-CurveOpt = Annotated[bool, typer.Option(help="Also probe each periodic checkpoint: accuracy vs epoch and vs time.")]
-CurvePointsOpt = Annotated[int | None, typer.Option(min=1, help="Implies --curve: N points per run (the last "
-                                                    "epoch and N − 1 evenly spaced checkpoints).")]  # fmt: skip
-FloorOpt = Annotated[bool, typer.Option(help="Per base: score the untrained encoder (BatchNorm settled).")]
-MatchTimeOpt = Annotated[bool, typer.Option(help="Per base and seed: the base trained for the + affine run's "
-                                                 "measured time (epochs × t_affine / t_base).")]  # fmt: skip
-AblateOutOpt = Annotated[Path | None, typer.Option("--out", help="Folder (default ablations/<preset or custom>).")]
-JobsOpt = Annotated[int, typer.Option(min=1, help="Runs at once, each in its own process with 1/N of the "
-                                            "threads (faster on a few CPU cores; see README).")]  # fmt: skip
-EvalDatasetsOpt = Annotated[str | None, typer.Option(help="Comma list of data sets to probe (default: the "
-                                                          "pretraining one).")]  # fmt: skip
+VARIANTS, PROBES, TRAINING, RUNS = "Variants", "Probes", "Training (spec shortcuts)", "Runs"
+
+
+def _opt(panel: str, help_: str, *names: str, **kw):
+    return typer.Option(*names, help=help_, rich_help_panel=panel, **kw)
+
+
+PresetOpt = Annotated[str | None, _opt(VARIANTS, "A paper table: main | components | aggregation | views | fill | "
+                                                 "weight | location.")]  # fmt: skip
+BasesOpt = Annotated[str | None, _opt(VARIANTS, "Comma list of base methods (default: the spec's; a preset's: "
+                                                "simclr, byol, barlow).", "--base")]  # fmt: skip
+SubsetsOpt = Annotated[str | None, _opt(VARIANTS, "together: the listed components at once; singles (default): "
+                                                  "also each alone; all: every subset.")]  # fmt: skip
+StatUnitOpt = Annotated[str, _opt(PROBES, "seed: a sample per run; trial: per linear-probe trial (paper §2.4); "
+                                          "auto: trial for one seed.")]  # fmt: skip
+CurveOpt = Annotated[bool, _opt(PROBES, "Also probe the periodic checkpoints: accuracy vs epoch and vs time.",
+                                "--curve")]  # fmt: skip
+CurvePointsOpt = Annotated[int | None, _opt(PROBES, "Implies --curve: N points per run.", min=1, metavar="N")]
+FloorOpt = Annotated[bool, _opt(VARIANTS, "Per base: score the untrained encoder (BatchNorm settled).")]
+MatchTimeOpt = Annotated[bool, _opt(VARIANTS, "Per base and seed: the base trained for the + affine run's time.",
+                                    "--match-time")]  # fmt: skip
+AblateOutOpt = Annotated[Path | None, _opt(RUNS, "Folder (default ablations/<preset or custom>).", "--out")]
+JobsOpt = Annotated[int, _opt(RUNS, "Runs at once, each with 1/N of the threads (faster on a few CPU cores).",
+                              min=1, metavar="N")]  # fmt: skip
+EvalDatasetsOpt = Annotated[str | None, _opt(PROBES, "Comma list of data sets (default: the pretraining one).")]
+ListOpt = Annotated[str | None, typer.Option(rich_help_panel=VARIANTS)]
+CountOpt = Annotated[int | None, typer.Option(min=1, metavar="N", rich_help_panel=PROBES)]
 
 
 @friendly
@@ -51,44 +52,44 @@ def ablate(
     spec_file: SpecArg = None,
     preset: PresetOpt = None,
     bases: BasesOpt = None,
-    components: Annotated[str | None, typer.Option(help=f"Comma list, default {','.join(COMPONENTS)}.")] = None,
+    components: Annotated[str | None, _opt(VARIANTS, f"Comma list (default {', '.join(COMPONENTS)}).")] = None,
     subsets: SubsetsOpt = None,
-    aggregation: Annotated[str | None, typer.Option(help="Axis, comma list: diff,concat.")] = None,
-    views: Annotated[str | None, typer.Option(help="Axis, comma list: 1,2.")] = None,
-    fill: Annotated[str | None, typer.Option(help="Axis, comma list: black,bounded.")] = None,
-    weight: Annotated[str | None, typer.Option(help="Axis, comma list of λ: e.g. 10,1.")] = None,
-    location: Annotated[str | None, typer.Option(help="Axis, comma list: encoder,projector.")] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="Pretraining seeds per variant: train.seed, train.seed+1, …")] = 1,
-    eval_: Annotated[str, typer.Option("--eval", help="Comma list of probes: linear, knn, affine.")] = "linear",
-    eval_dataset: EvalDatasetsOpt = None,
-    eval_trials: Annotated[int, typer.Option(min=1, help="Linear-probe trials per run (paper: 5).")] = 5,
-    eval_limit: Annotated[int | None, typer.Option(min=1, help="Probe with N train images (stratified).")] = None,
-    eval_max_iter: Annotated[int | None, typer.Option(min=1, help="L-BFGS iterations per linear-probe fit.")] = None,
-    eval_batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass when probing.")] = 256,
-    curve: CurveOpt = False,
-    curve_points: CurvePointsOpt = None,
+    aggregation: Annotated[str | None, _opt(VARIANTS, "Axis: diff, concat (comma list).")] = None,
+    views: Annotated[str | None, _opt(VARIANTS, "Axis: 1, 2.")] = None,
+    fill: Annotated[str | None, _opt(VARIANTS, "Axis: black, bounded.")] = None,
+    weight: Annotated[str | None, _opt(VARIANTS, "Axis: values of λ, e.g. 10,1.")] = None,
+    location: Annotated[str | None, _opt(VARIANTS, "Axis: encoder, projector.")] = None,
+    seeds: Annotated[int, _opt(VARIANTS, "Pretraining seeds per variant: train.seed, +1, …", min=1, metavar="N")] = 1,
     floor: FloorOpt = True,
     match_time: MatchTimeOpt = False,
+    eval_: Annotated[str, _opt(PROBES, "Comma list of probes: linear, knn, affine.", "--eval")] = "linear",
+    eval_dataset: EvalDatasetsOpt = None,
+    eval_trials: Annotated[int, _opt(PROBES, "Linear-probe trials per run (paper: 5).", min=1, metavar="N")] = 5,
+    eval_limit: Annotated[int | None, _opt(PROBES, "Probe with N train images (stratified).", min=1, metavar="N")] = (
+        None
+    ),
+    eval_max_iter: Annotated[int | None, _opt(PROBES, "L-BFGS iterations per fit.", min=1, metavar="N")] = None,
+    eval_batch_size: Annotated[int, _opt(PROBES, "Images per forward pass.", min=1, metavar="N")] = 256,
+    curve: CurveOpt = False,
+    curve_points: CurvePointsOpt = None,
     stat_unit: StatUnitOpt = "auto",
+    dataset: Annotated[str | None, _opt(TRAINING, "digits | cifar10 | … | PATH (as pretrain).")] = None,
+    backbone: Annotated[str | None, _opt(TRAINING, "torchvision classification model (as pretrain).")] = None,
+    epochs: Annotated[int | None, _opt(TRAINING, "Training epochs.", metavar="N")] = None,
+    batch_size: Annotated[int | None, _opt(TRAINING, "Global batch size.", metavar="N")] = None,
+    limit: Annotated[int | None, _opt(TRAINING, "Train on N images (stratified).", metavar="N")] = None,
+    device: Annotated[str | None, _opt(TRAINING, "auto | cpu | cuda.")] = None,
+    set_: Annotated[
+        list[str] | None, _opt(TRAINING, "Override any spec field: --set optim.lr=0.001", "--set", metavar="KEY=VALUE")
+    ] = None,
     jobs: JobsOpt = 1,
-    dataset: DatasetOpt = None,
-    backbone: BackboneOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    limit: LimitOpt = None,
-    device: DeviceOpt = None,
     out_dir: AblateOutOpt = None,
-    set_: SetOpt = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the planned runs and exit.")] = False,
+    dry_run: Annotated[bool, _opt(RUNS, "Print the planned runs and exit.", "--dry-run")] = False,
 ) -> None:
-    """The paper's ablations (§3): baseline, all listed components, each alone, × axes × seeds; restartable.
+    """The paper's ablations (§3): variants × seeds, each an ordinary run folder under OUT; restartable.
 
-    Each (variant, seed) is a run folder OUT/<variant>/seed-<s>/; a finished one is never rerun.
-
-    After a kill, the same command completes only what is missing.
-
-    Writes OUT/ablate.json, results.csv, summary.md (mean ± 95 % CI, Welch p vs the baseline and vs all components)
-    and PNG plots.
+    A finished run is never rerun: after a kill, the same command completes what is missing.
+    Writes OUT/ablate.json, results.csv, summary.md (mean ± 95 % CI, Welch tests) and plots.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 from functools import wraps
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from affssl.errors import UserError
 
@@ -33,3 +35,26 @@ def friendly(command):
             raise typer.Exit(getattr(e, "exit_code", 2)) from None
 
     return wrapper
+
+
+def _flags_without_type(command: click.Command, ctx: click.Context) -> None:
+    """Blank the type column of flags: typer ≥ 0.29 shows `<bool>` for them, as if they took a value."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class Command(TyperCommand):
+    """A command whose --help shows flags as flags (no `<bool>`)."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _flags_without_type(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+class Group(TyperGroup):
+    """A command group whose --help shows flags as flags (no `<bool>`)."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _flags_without_type(self, ctx)
+        super().format_help(ctx, formatter)

@@ -1,4 +1,4 @@
-"""`affssl eval linear | knn | affine`: probe the frozen encoder of a checkpoint, an export, or an untrained spec.
+"""`affssl eval linear | knn | affine | embed`: probe or map the frozen encoder of a checkpoint, export or spec.
 
 Each command rebuilds the backbone from the file's header (no --arch) and calls one of affssl.eval's
 evaluate_<protocol> functions; the record is shown as a table or, with --json, one JSON object.
@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from affssl import runs
-from affssl.cli.console import err, friendly, out
+from affssl.cli.console import Command, Group, err, friendly, out
 from affssl.cli.options import CkptArg, JsonOpt, SetOpt, resolve_spec
 from affssl.errors import UserError
 from affssl.spec import build_spec
 
-app = typer.Typer(no_args_is_help=True, help="Probe the frozen encoder of a checkpoint or export.")
+app = typer.Typer(cls=Group, no_args_is_help=True, help="Probe the frozen encoder of a checkpoint or export.")
 
 EvalDatasetOpt = Annotated[
     str | None,
@@ -67,7 +68,7 @@ def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_
     _show(evaluate(ckpt, progress=err.is_terminal, **options), as_json)
 
 
-@app.command("linear")
+@app.command("linear", cls=Command)
 @friendly
 def eval_linear(
     ckpt: CkptArg,
@@ -87,7 +88,7 @@ def eval_linear(
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
-@app.command("knn")
+@app.command("knn", cls=Command)
 @friendly
 def eval_knn(
     ckpt: CkptArg,
@@ -106,7 +107,7 @@ def eval_knn(
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
-@app.command("affine")
+@app.command("affine", cls=Command)
 @friendly
 def eval_affine(
     ckpt: CkptArg,
@@ -123,3 +124,33 @@ def eval_affine(
     """Equivariance probe: R² of φ (rotation, translation, scale, shear) from features of an image and its warp."""
     _probe("affine", ckpt, json_, init, set_, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
+
+
+@app.command("embed", cls=Command)
+@friendly
+def eval_embed(
+    ckpt: CkptArg,
+    dataset: EvalDatasetOpt = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", metavar="PNG", help="Default: RUN/eval/embed-<data>.png.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="auto (umap when umap-learn is installed) | tsne | umap.")] = "auto",
+    points: Annotated[int, typer.Option(min=3, metavar="N", help="Test images on the map (a seeded subset).")] = 2000,
+    json_: JsonOpt = False,
+    device: EvalDeviceOpt = "auto",
+    batch_size: EvalBatchOpt = 256,
+    seed: EvalSeedOpt = 0,
+    cache: CacheOpt = True,
+) -> None:
+    """A 2-D map (t-SNE or UMAP) of the test features, coloured by class, as a PNG."""
+    from affssl.eval.embed import evaluate_embed
+
+    record = evaluate_embed(ckpt, dataset=dataset, out=out_path, method=method, points=points, seed=seed,
+                            device=device, batch_size=batch_size, cache=cache, progress=err.is_terminal)  # fmt: skip
+    if json_:
+        typer.echo(json.dumps(record))
+        return
+    result = record["result"]
+    line = (f"[green]map[/] {escape(result['png'])} ({result['method']}, {result['points']} test images of "
+            f"{escape(record['dataset']['name'])}); record: {escape(record['path'])}")  # fmt: skip
+    out.print(line, highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from affssl.cli.console import friendly, out
 from affssl.cli.options import CkptArg, JsonOpt
@@ -16,10 +17,18 @@ from affssl.cli.options import CkptArg, JsonOpt
 def export_backbone(
     ckpt: CkptArg,
     out_path: Annotated[Path, typer.Option("--out", help="File to write.", show_default=False)],
-    fmt: Annotated[str, typer.Option("--format", help="safetensors | onnx (needs affssl[onnx]).")] = "safetensors",
+    fmt: Annotated[
+        str, typer.Option("--format", help="safetensors | onnx (needs pip install 'affssl\\[onnx]').")
+    ] = "safetensors",
     json_: JsonOpt = False,
 ) -> None:
-    """Write the backbone alone; safetensors keys are those of torchvision's ResNet (fc removed)."""
+    """Write the encoder alone and print one line that loads the file.
+
+    The keys are those of the torchvision model with its classification layer
+    replaced by nn.Identity(), so the file loads strict into torchvision; a ResNet
+    of width ≠ 64 (the default is 16) has no torchvision model and loads with
+    affssl.load_backbone(path).
+    """
     from affssl.export import export
 
     summary = export(ckpt, out_path, fmt)
@@ -28,7 +37,8 @@ def export_backbone(
         return
     check = f", ONNX Runtime vs torch max |diff| {summary['max_abs_diff']:.1e}" if "max_abs_diff" in summary else ""
     out.print(
-        f"[green]exported[/] {summary['path']} ({fmt}, {summary['params']:,} parameters, "
-        f"{summary['feat_dim']}-d features{check})",
+        f"[green]exported[/] {escape(summary['path'])} ({fmt}, {summary['params']:,} parameters, "
+        f"{summary['feat_dim']}-d features{check}); load: {escape(summary['load'])}",
         highlight=False,
+        soft_wrap=True,
     )

@@ -10,6 +10,7 @@ import typer
 
 from affssl.errors import UserError
 from affssl.spec import COMPONENTS, METHOD_SPECS, RunSpec, build_spec, read_toml
+from affssl.spec.methods import unknown_base
 
 SpecArg = Annotated[
     str | None, typer.Argument(help="TOML spec file or preset (default, paper, cifar10-cpu).", show_default=False)
@@ -17,7 +18,7 @@ SpecArg = Annotated[
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any field: --set optim.lr=0.001")]
 BaseOpt = Annotated[str | None, typer.Option("--base", help=f"Base SSL method: {' | '.join(METHOD_SPECS)}.")]
 AffineOpt = Annotated[bool | None, typer.Option("--affine/--no-affine", help="Add the affine module (default on).")]
-ComponentsOpt = Annotated[str | None, typer.Option(help=f"Comma list of affine components: {','.join(COMPONENTS)}.")]
+ComponentsOpt = Annotated[str | None, typer.Option(help=f"Comma list of affine components ({', '.join(COMPONENTS)}).")]
 DatasetOpt = Annotated[str | None, typer.Option(help="digits | cifar10 | cifar100 | stl10 | svhn | mnist | "
                                                      "fashion-mnist | caltech101 | PATH to an image folder (Tiny "
                                                      "ImageNet's layout too).")]  # fmt: skip
@@ -55,7 +56,7 @@ def resolve_spec(source: str | None, base: str | None, overrides: list[str]) -> 
     tree = read_toml(source) if source else read_toml("default")
     if base is not None:
         if base not in METHOD_SPECS:
-            raise UserError(f"unknown base method {base!r}; choose one of {', '.join(METHOD_SPECS)}")
+            raise UserError(unknown_base(base))
         if tree.get("method", {}).get("name", "simclr") != base:
             tree["method"] = {"name": base}  # the file's method options belong to another method
     return build_spec(tree, overrides)

@@ -31,6 +31,7 @@ from affssl.cli.options import (
 )
 from affssl.errors import UserError
 from affssl.spec import RunSpec, SpecError, build_spec, flatten, parse_value
+from affssl.spec.run import to_toml
 
 # Fields `pretrain --resume` may change: how long, where and how often a run trains, logs and saves,
 # where its data cache lives and how many loader processes read it (the batches do not depend on
@@ -57,13 +58,18 @@ def pretrain(
         None
     ),
     set_: SetOpt = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace the run in --out.")] = False,
-    print_spec: Annotated[bool, typer.Option(help="Print the resolved spec as TOML-ready JSON and exit.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
+    print_spec: Annotated[bool, typer.Option("--print-spec", help="Print the resolved spec as TOML and exit.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    preview: Annotated[
+        Path | None,
+        typer.Option(metavar="PNG", help="Draw the first batch's views and warps into PNG and exit (no training)."),
+    ] = None,
 ) -> None:
     """Pretrain an encoder; writes RUN/spec.json, RUN/metrics.jsonl and RUN/last.safetensors."""
     from affssl import distributed
+    from affssl.data import load_dataset
     from affssl.engine import pretrain as run_pretrain
 
     explicit = flag_overrides(None, affine, components, dataset, backbone, epochs, batch_size, limit, seed, device)
@@ -75,11 +81,17 @@ def pretrain(
         spec = resume_spec(out_dir, spec_file, base, explicit)
     else:
         spec = resolve_spec(spec_file, base, explicit)
-    if print_spec:
-        out.print_json(spec.model_dump_json())
+    if print_spec:  # `affssl pretrain --print-spec > s.toml && affssl pretrain s.toml` trains the same run
+        typer.echo(to_toml(spec), nl=False)
+        return
+    if preview is not None:
+        _preview(spec, preview, progress)
         return
     run = out_dir or runs.default_name(spec)
     distributed.setup()
+    # Inputs first: nothing is created (run folder, lock) for a run whose folder or data cannot be used.
+    runs.check(run, resume=resume, overwrite=overwrite)
+    data = load_dataset(spec.data, seed=spec.train.seed, progress=progress and distributed.is_main())
     with runlock.hold(run) if distributed.is_main() else contextlib.nullcontext() as stale:
         if stale:
             err.print(f"note: took over the lock of a run that ended without releasing it ({escape(stale)})")
@@ -89,16 +101,26 @@ def pretrain(
             runs.prepare(run, resume=False, overwrite=overwrite)
         distributed.barrier()
         t0 = time.perf_counter()
-        last = run_pretrain(spec, run, resume=resume, show_progress=progress)
+        last = run_pretrain(spec, run, resume=resume, show_progress=progress, data=data)
     if distributed.is_main():
         summary = [r for r in runs.read_metrics(run) if r.get("kind") == "epoch"][-1]
+        epochs = f"{spec.train.epochs} epoch{'s' * (spec.train.epochs != 1)}"
         out.print(
             f"[green]done[/] in {time.perf_counter() - t0:.0f} s — {spec.method.name}"
-            f"{' + affine' if spec.affine.enabled else ''}, {spec.train.epochs} epochs, final loss "
+            f"{' + affine' if spec.affine.enabled else ''}, {epochs}, final loss "
             f"{summary['loss']:.4f}, {summary['img_per_s']:.0f} img/s\ncheckpoint: {last}",
             highlight=False,
         )
     distributed.teardown()
+
+
+def _preview(spec: RunSpec, path: Path, progress: bool) -> None:
+    from affssl.preview import phi_text, write_preview
+
+    shown = write_preview(spec, path, progress=progress)
+    what = "" if shown.phi is None else "; φ per row: " + " | ".join(phi_text(p).replace("\n", " ") for p in shown.phi)
+    out.print(f"[green]preview[/] {escape(str(path))}: {shown.stored.shape[0]} images of the first batch{what}",
+              highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def resume_spec(run: Path, source: str | None, base: str | None, explicit: list[str]) -> RunSpec:

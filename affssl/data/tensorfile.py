@@ -12,14 +12,14 @@ a file truncated in place under a live map ends that process with SIGBUS. Delete
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
+
+from affssl import atomic
 
 MAX_HEADER_BYTES = 2**24
 DTYPES = {"U8": np.uint8, "I64": np.int64}
@@ -55,13 +55,6 @@ def write_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str
 
     Raises OSError or safetensors' SafetensorError when the write fails (full disk, read-only folder).
     """
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        os.close(fd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.replacing(path) as tmp:
         save_file({k: t.contiguous() for k, t in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

@@ -9,8 +9,6 @@ export: <stem>.eval/). `load_learner` rebuilds the whole trained model for the e
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from affssl import atomic
 from affssl.checkpoint import CheckpointError
 from affssl.eval.features import Source, cached_features, open_source, read_tensors, resolve_device
 from affssl.eval.splits import EvalData, load_eval_data
@@ -151,8 +150,6 @@ def _progress(enabled: bool, description: str, total: int):
 def _write_json(path: Path, record: dict) -> Path:
     """Atomic: a temp file in the same folder, renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
     return path

@@ -4,6 +4,7 @@ and registry, and each base's default affine weight λ. affssl.spec re-exports e
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -140,3 +141,10 @@ DEFAULT_AFFINE_WEIGHT: dict[str, float] = {
     "simsiam": 0.25,
     "dino": 0.25,
 }
+
+
+def unknown_base(name: object) -> str:
+    """The message for a base method name that is not one: a did-you-mean when one is close, then the choices."""
+    close = get_close_matches(name, METHOD_SPECS, n=1) if isinstance(name, str) else []
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown base method {name!r}; {hint}choose one of {', '.join(METHOD_SPECS)}"

@@ -17,7 +17,14 @@ from pydantic import ValidationError, model_validator
 
 from affssl.spec.backbone import SMALL_VITS, STEM_FAMILY, WIDTH_RESNETS, BackboneSpec, default_patch_px
 from affssl.spec.base import FrozenSpec as _Spec
-from affssl.spec.methods import DEFAULT_AFFINE_WEIGHT, METHOD_SPECS, MULTICROP_BASES, MethodSpec, SimCLRSpec
+from affssl.spec.methods import (
+    DEFAULT_AFFINE_WEIGHT,
+    METHOD_SPECS,
+    MULTICROP_BASES,
+    MethodSpec,
+    SimCLRSpec,
+    unknown_base,
+)
 from affssl.spec.sections import PRESETS, AffineSpec, AugmentSpec, DataSpec, OptimSpec, TrainSpec
 from affssl.spec.tree import (
     BASES_KEY,
@@ -122,7 +129,7 @@ def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
         tree["method"].setdefault("name", "simclr")
         name = tree["method"]["name"]
         if not isinstance(name, str) or name not in METHOD_SPECS:  # a list or table is no name (found by fuzzing)
-            raise SpecError(f"unknown base method {name!r}; choose one of {', '.join(METHOD_SPECS)}")
+            raise SpecError(unknown_base(name))
     try:
         return RunSpec.model_validate(tree)
     except ValidationError as err:
@@ -169,3 +176,30 @@ def describe(err: ValidationError) -> str:
             msg = "unknown key; check the spelling (see `affssl pretrain --print-spec`)"
         lines.append(f"{loc}: {msg}" if loc else msg.removeprefix("Value error, "))  # a whole-spec rule says its fields
     return "invalid spec: " + "; ".join(lines)
+
+
+def to_toml(spec: RunSpec) -> str:
+    """The spec as a TOML file that `affssl pretrain FILE` reads back to exactly this spec.
+
+    TOML has no null, so fields that are None are left out: their default is None too. A spec that
+    would not come back the same (a None where the default is a value) is refused with the field named.
+    """
+    import tomli_w
+
+    text = tomli_w.dumps(_plain(spec.model_dump(exclude_none=True)))  # python mode keeps inf (JSON's makes it null)
+    back = build_spec(tomllib.loads(text))
+    if repr(back) != repr(spec):  # repr: a NaN equals itself
+        old, new = flatten(spec.model_dump()), flatten(back.model_dump())
+        differ = ", ".join(f"{k} = {old.get(k)!r}" for k in sorted(old.keys() | new.keys())
+                           if repr(old.get(k)) != repr(new.get(k)))  # fmt: skip
+        raise SpecError(f"the spec has no TOML form that reads back the same ({differ}); give those fields a value")
+    return text
+
+
+def _plain(value: Any) -> Any:
+    """Paths as strings, through nested tables and arrays: what TOML can hold."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value

@@ -13,7 +13,7 @@ import tomllib
 from typing import Any
 
 from affssl.errors import UserError
-from affssl.spec.methods import METHOD_SPECS
+from affssl.spec.methods import METHOD_SPECS, unknown_base
 
 BASES_KEY = "bases"
 
@@ -70,7 +70,7 @@ def per_base_tables(bases: Any) -> dict[str, dict[str, Any]]:
         raise SpecError(f"{BASES_KEY} must be a table of per-base tables, e.g. [{BASES_KEY}.byol] with optim.lr = 1e-3")
     for name, table in bases.items():
         if name not in METHOD_SPECS:
-            raise SpecError(f"[{BASES_KEY}.{name}]: unknown base method; choose one of {', '.join(METHOD_SPECS)}")
+            raise SpecError(f"[{BASES_KEY}.{name}]: {unknown_base(name)}")
         if not isinstance(table, dict):
             raise SpecError(f"{BASES_KEY}.{name} must be a table of spec sections, e.g. optim.lr = 1e-3")
         method = table.get("method")

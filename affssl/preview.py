@@ -1,0 +1,129 @@
+"""`affssl pretrain … --preview PNG`: what training would see in its first batch, drawn, without training.
+
+The images, views and warps come from the same functions and generators as the engine's first
+step (epoch 0, rank 0): the data order from the "order" generator, both views from
+`augment.views` with the "views" generator, φ from `affine.sample` with the "affine" generator,
+and the warp of view 1 from `affine.warp`. Views and φ are drawn for the whole batch, as in
+training (each image's draws depend on the batch), and the first few images are shown: the
+stored image, view 1, view 2, view 1 warped with its φ written under it, and any further views
+the views function returns (local crops, when multi-crop is on).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from torch import Tensor
+
+from affssl import affine, atomic, augment
+from affssl.data import Dataset, batches, load_dataset
+from affssl.errors import UserError, write_failed
+from affssl.spec import RunSpec
+
+IMAGES = 8  # rows of the grid
+PANEL_IN = 1.5  # width and image height of one panel, inches
+CAPTION_IN = 0.4  # room under each row for the captions (φ takes two lines)
+TOP_IN = 0.6  # the figure's title and the columns' titles
+DPI = 100
+
+
+class Preview(NamedTuple):
+    """The first images of the first training batch, each tensor float32 in [0, 1] on the CPU."""
+
+    stored: Tensor  # (n, C, S, S) the stored images, as decoded
+    view1: Tensor  # (n, C, S, S)
+    view2: Tensor  # (n, C, S, S)
+    warped: Tensor | None  # (n, C, S, S) view 1 warped by phi; None with the module off
+    phi: Tensor | None  # (n, 6) angle_deg, tx_px, ty_px, scale, shear_x_deg, shear_y_deg
+    local: tuple[Tensor, ...]  # further views the views function returned (local crops), each (n, C, s, s)
+
+
+def first_batch(spec: RunSpec, data: Dataset, n: int = IMAGES) -> Preview:
+    """The engine's first step, up to the warp, for the first n images of its batch."""
+    from affssl.engine import generator, resolve_device
+
+    device = resolve_device(spec.train.device)
+    images = data.train.images  # (N, C, S, S) uint8
+    order = generator(spec.train.seed, "order", 0, device)
+    index = next(batches(images.shape[0], spec.train.batch_size, order), None)  # (B,) as the engine's first batch
+    if index is None:
+        raise UserError(f"{images.shape[0]} training images are fewer than one batch of {spec.train.batch_size}; "
+                        "lower --batch-size or raise --limit")  # fmt: skip
+    x = images.to(device)[index]  # (B, C, S, S) uint8
+    v1, v2, *local = augment.views(x, spec.augment, generator(spec.train.seed, "views", 0, device))
+    warped = phi = None
+    if spec.affine.enabled:
+        g_affine = generator(spec.train.seed, "affine", 0, device)
+        phi = affine.sample(v1.shape[0], spec.affine, v1.shape[-1], g_affine)  # (B, 6)
+        warped = affine.warp(v1, phi, spec.affine)  # (B, C, S, S)
+    first = lambda t: None if t is None else t[:n].float().cpu()  # noqa: E731
+    return Preview(first(x).div(255), first(v1), first(v2), first(warped), first(phi), tuple(map(first, local)))
+
+
+def phi_text(phi: Tensor) -> str:
+    """φ of one image (6,) as two caption lines: rotation and translation; scale and shear."""
+    angle, tx, ty, scale, shx, shy = phi.tolist()
+    return f"θ {angle:+.1f}°  t ({tx:+.0f}, {ty:+.0f}) px\ns {scale:.3f}  sh ({shx:+.1f}°, {shy:+.1f}°)"
+
+
+def columns(preview: Preview) -> list[tuple[str, Tensor]]:
+    """The grid's columns, left to right: (title, images)."""
+    cols = [("stored", preview.stored), ("view 1", preview.view1), ("view 2", preview.view2)]
+    if preview.warped is not None:
+        cols.append(("view 1 warped (φ)", preview.warped))
+    cols += [(f"local crop {i + 1}", t) for i, t in enumerate(preview.local)]
+    return cols
+
+
+def figure_size_px(preview: Preview) -> tuple[int, int]:
+    """(width, height) of the PNG in pixels."""
+    rows, cols = preview.stored.shape[0], len(columns(preview))
+    return round(cols * PANEL_IN * DPI), round((rows * (PANEL_IN + CAPTION_IN) + TOP_IN) * DPI)
+
+
+def draw(preview: Preview, path: Path, title: str) -> Path:
+    """The grid as a PNG (matplotlib's Agg canvas, no pyplot state); written whole or not at all."""
+    from matplotlib.figure import Figure
+
+    cols = columns(preview)
+    rows = preview.stored.shape[0]
+    width_px, height_px = figure_size_px(preview)
+    fig = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
+    axes = fig.subplots(rows, len(cols), squeeze=False)
+    for c, (name, images) in enumerate(cols):
+        for r in range(rows):
+            ax = axes[r][c]
+            image = images[r].permute(1, 2, 0).clamp(0, 1).numpy()  # (S, S, C)
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+            if name.startswith("view 1 warped"):
+                ax.set_xlabel(phi_text(preview.phi[r]), fontsize=6)
+    height_in = height_px / DPI
+    fig.suptitle(title, fontsize=8, y=1 - 0.15 / height_in)
+    fig.subplots_adjust(left=0.03, right=0.97, top=1 - TOP_IN / height_in, bottom=CAPTION_IN / height_in,
+                        hspace=CAPTION_IN / PANEL_IN, wspace=0.08)  # fmt: skip
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.replacing(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI)
+    except OSError as err:
+        raise write_failed(path, err) from None
+    return path
+
+
+def write_preview(spec: RunSpec, path: Path, n: int = IMAGES, progress: bool = False) -> Preview:
+    """Load the run's data as `affssl pretrain` would, compute the first batch's views and draw them into `path`."""
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--preview {path} must name a .png file")
+    data = load_dataset(spec.data, seed=spec.train.seed, progress=progress)
+    preview = first_batch(spec, data, n)
+    module = "module on" if spec.affine.enabled else "module off"
+    draw(preview, path, f"{spec.data.dataset}, {spec.data.image_size_px} px: first batch of seed {spec.train.seed} "
+                        f"(batch {spec.train.batch_size}, {module})")  # fmt: skip
+    return preview

@@ -1,0 +1,80 @@
+"""`pretrain --preview`: the first batch's images, views and warps, exactly as training computes them, drawn."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from affssl import affine, augment, learner, preview
+from affssl.cli import app
+from affssl.data import load_dataset
+from affssl.engine import pretrain
+from affssl.spec import load_spec
+
+TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "data.limit=64", "train.epochs=1",
+        "train.precision=fp32", "train.seed=5"]  # fmt: skip
+
+
+def test_the_preview_is_what_the_first_training_step_sees(tmp_path, monkeypatch):
+    spec = load_spec("default", TINY)
+    shown = preview.first_batch(spec, load_dataset(spec.data, seed=spec.train.seed), n=6)
+    seen: dict[str, torch.Tensor] = {}
+    views, warp = augment.views, affine.warp
+
+    def record_views(x, spec_, gen):
+        out = views(x, spec_, gen)
+        seen.setdefault("stored", x)
+        seen.setdefault("view1", out[0])
+        seen.setdefault("view2", out[1])
+        return out
+
+    def record_warp(x, phi, spec_):
+        out = warp(x, phi, spec_)
+        seen.setdefault("phi", phi)
+        seen.setdefault("warped", out)
+        return out
+
+    monkeypatch.setattr(learner.augment, "views", record_views)
+    monkeypatch.setattr(affine, "warp", record_warp)  # the block calls affine.warp
+    pretrain(spec, tmp_path / "run", show_progress=False)
+    assert shown.stored.equal(seen["stored"][:6].float() / 255)
+    for name in ("view1", "view2", "phi", "warped"):
+        assert getattr(shown, name).equal(seen[name][:6]), name
+    # the warped panel is view 1 warped by the φ printed under it
+    assert shown.warped.equal(warp(shown.view1, shown.phi, spec.affine))
+    assert shown.local == ()
+
+
+def test_cli_writes_the_png_and_prints_phi_without_creating_a_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flags = [a for item in TINY for a in ("--set", item)]
+    result = CliRunner().invoke(app, ["pretrain", *flags, "--preview", "first.png", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.png"]  # no run folder, no training
+    spec = load_spec("default", TINY)
+    shown = preview.first_batch(spec, load_dataset(spec.data, seed=spec.train.seed))
+    assert Image.open(tmp_path / "first.png").size == preview.figure_size_px(shown) == (600, 1580)
+    printed = " ".join(result.output.split())
+    for phi in shown.phi:  # the φ of each row, as written under its panel
+        assert " ".join(preview.phi_text(phi).split()) in printed
+
+
+def test_no_warped_column_without_the_module_and_a_column_per_further_view(tmp_path, monkeypatch):
+    spec = load_spec("default", [*TINY, "affine.enabled=false"])
+    data = load_dataset(spec.data, seed=spec.train.seed)
+    off = preview.first_batch(spec, data, n=2)
+    assert off.warped is None and [c for c, _ in preview.columns(off)] == ["stored", "view 1", "view 2"]
+    views = augment.views
+
+    def with_local_crops(x, spec_, gen):  # a views function that also returns two smaller crops
+        v1, v2 = views(x, spec_, gen)
+        return v1, v2, v1[..., :8, :8], v2[..., 8:, 8:]
+
+    monkeypatch.setattr(augment, "views", with_local_crops)
+    shown = preview.first_batch(load_spec("default", TINY), data, n=2)
+    names = [c for c, _ in preview.columns(shown)]
+    assert names == ["stored", "view 1", "view 2", "view 1 warped (φ)", "local crop 1", "local crop 2"]
+    assert shown.local[0].shape == (2, 3, 8, 8)
+    path = preview.draw(shown, tmp_path / "p.png", "title")
+    assert Image.open(path).size == preview.figure_size_px(shown) == (900, 440)
