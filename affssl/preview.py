@@ -6,7 +6,7 @@ step (epoch 0, rank 0): the data order from the "order" generator, both views fr
 and the warp of view 1 from `affine.warp`. Views and φ are drawn for the whole batch, as in
 training (each image's draws depend on the batch), and the first few images are shown: the
 stored image, view 1, view 2, view 1 warped with its φ written under it, and any further views
-the views function returns (local crops, when multi-crop is on).
+`augment.local_views` draws after them, as training does (local crops, when multi-crop is on).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Preview(NamedTuple):
     view2: Tensor  # (n, C, S, S)
     warped: Tensor | None  # (n, C, S, S) view 1 warped by phi; None with the module off
     phi: Tensor | None  # (n, 6) angle_deg, tx_px, ty_px, scale, shear_x_deg, shear_y_deg
-    local: tuple[Tensor, ...]  # further views the views function returned (local crops), each (n, C, s, s)
+    local: tuple[Tensor, ...]  # the local crops (multi-crop), each (n, C, s, s)
 
 
 def first_batch(spec: RunSpec, data: Dataset, n: int = IMAGES) -> Preview:
@@ -51,7 +51,12 @@ def first_batch(spec: RunSpec, data: Dataset, n: int = IMAGES) -> Preview:
         raise UserError(f"{images.shape[0]} training images are fewer than one batch of {spec.train.batch_size}; "
                         "lower --batch-size or raise --limit")  # fmt: skip
     x = images.to(device)[index]  # (B, C, S, S) uint8
-    v1, v2, *local = augment.views(x, spec.augment, generator(spec.train.seed, "views", 0, device))
+    g_views = generator(spec.train.seed, "views", 0, device)
+    v1, v2 = augment.views(x, spec.augment, g_views)  # (B, C, S, S) each
+    B, local = x.shape[0], []
+    if spec.augment.local_crops:  # drawn after the global views from the same generator, as the learner does
+        every = augment.local_views(x, spec.augment, g_views)  # (N·B, C, s, s), row c·B + i: crop c of image i
+        local = [every[c * B : (c + 1) * B] for c in range(spec.augment.local_crops)]
     warped = phi = None
     if spec.affine.enabled:
         g_affine = generator(spec.train.seed, "affine", 0, device)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from affssl import affine, augment, learner, preview
 from affssl.cli import app
-from affssl.data import load_dataset
+from affssl.data import batches, load_dataset
 from affssl.engine import pretrain
 from affssl.spec import load_spec
 
@@ -65,16 +65,23 @@ def test_no_warped_column_without_the_module_and_a_column_per_further_view(tmp_p
     data = load_dataset(spec.data, seed=spec.train.seed)
     off = preview.first_batch(spec, data, n=2)
     assert off.warped is None and [c for c, _ in preview.columns(off)] == ["stored", "view 1", "view 2"]
-    views = augment.views
-
-    def with_local_crops(x, spec_, gen):  # a views function that also returns two smaller crops
-        v1, v2 = views(x, spec_, gen)
-        return v1, v2, v1[..., :8, :8], v2[..., 8:, 8:]
-
-    monkeypatch.setattr(augment, "views", with_local_crops)
-    shown = preview.first_batch(load_spec("default", TINY), data, n=2)
+    spec = load_spec("default", [*TINY, "augment.local_crops=2", "augment.local_size_px=8"])
+    shown = preview.first_batch(spec, data, n=2)
     names = [c for c, _ in preview.columns(shown)]
     assert names == ["stored", "view 1", "view 2", "view 1 warped (φ)", "local crop 1", "local crop 2"]
     assert shown.local[0].shape == (2, 3, 8, 8)
+    # the local crops are the learner's: drawn after both global views from the same generator
+    from affssl.engine import generator
+
+    cpu = torch.device("cpu")
+    index = next(
+        batches(data.train.images.shape[0], spec.train.batch_size, generator(spec.train.seed, "order", 0, cpu))
+    )
+    batch = data.train.images[index]  # (B, C, S, S) the engine's first batch
+    g = generator(spec.train.seed, "views", 0, cpu)
+    augment.views(batch, spec.augment, g)
+    every = augment.local_views(batch, spec.augment, g)  # (2·B, C, 8, 8)
+    B = batch.shape[0]
+    assert shown.local[0].equal(every[:2]) and shown.local[1].equal(every[B : B + 2])
     path = preview.draw(shown, tmp_path / "p.png", "title")
     assert Image.open(path).size == preview.figure_size_px(shown) == (900, 440)
