@@ -69,9 +69,11 @@ def meets_bug(conv: nn.Conv2d, input_px: tuple[int, int]) -> bool:
 
 
 def probe(encoder: nn.Module, crop_sizes: list[int], channels: int = 3, prefix: str = "") -> list[Finding]:
-    """The convolutions of `encoder` that meet the bug at any of `crop_sizes` (one no-grad forward pass per size)."""
+    """The convolutions of `encoder` that meet the bug at any of `crop_sizes` (one no-grad forward pass per size).
+
+    Names are dotted from the model that holds the encoder at `prefix` (e.g. "backbone")."""
     device = next(encoder.parameters()).device
-    names = {m: f"{prefix}{n}" for n, m in encoder.named_modules() if isinstance(m, nn.Conv2d)}
+    names = {m: ".".join(p for p in (prefix, n) if p) for n, m in encoder.named_modules() if isinstance(m, nn.Conv2d)}
     found: dict[str, Finding] = {}
     seen: list[tuple[nn.Conv2d, tuple[int, int], int]] = []
     size = [0]
@@ -106,14 +108,14 @@ def _fp32_forward(self: nn.Module, *args, **kwargs):
 
 
 def protect(model: nn.Module, encoder_name: str, crop_sizes: list[int], precision: str, autocast_dtype,
-            device: torch.device) -> list[Finding]:  # fmt: skip
+            device: torch.device, channels: int = 3) -> list[Finding]:  # fmt: skip
     """Probe `model.<encoder_name>` on a CPU bf16 run and guard what meets the bug; forced bf16 there is an error.
 
     Returns the guarded convolutions (empty off the CPU, in fp32, or when none meets the bug).
     """
     if device.type != "cpu" or autocast_dtype != torch.bfloat16:
         return []
-    findings = probe(model.get_submodule(encoder_name), crop_sizes, prefix=f"{encoder_name}.")
+    findings = probe(model.get_submodule(encoder_name), crop_sizes, channels, prefix=encoder_name)
     if findings and precision == "bf16":
         raise UserError(
             f"train.precision = bf16 cannot train {findings[0].describe()} on a CPU: torch's bf16 weight gradient of "
