@@ -85,7 +85,11 @@ def probe(encoder: nn.Module, crop_sizes: list[int], channels: int = 3, prefix: 
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             for s in crop_sizes:
                 size[0] = s
-                encoder(torch.zeros(1, channels, s, s, device=device))  # (1, C, S, S)
+                try:
+                    encoder(torch.zeros(1, channels, s, s, device=device))  # (1, C, S, S)
+                except RuntimeError as err:  # e.g. a kernel larger than what is left of the image
+                    raise UserError(f"the encoder cannot take {s} px crops ({str(err).splitlines()[0]}); "
+                                    "raise data.image_size_px") from None  # fmt: skip
     finally:
         for h in hooks:
             h.remove()
