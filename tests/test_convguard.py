@@ -18,10 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from affssl import convguard
+from affssl import convguard, faults
 from affssl.backbones import build_backbone
+from affssl.engine import check_finite
 from affssl.errors import UserError
-from affssl.spec import BackboneSpec
+from affssl.learner import Learner
+from affssl.spec import BackboneSpec, load_spec
 
 CPU = torch.device("cpu")
 # Every encoder the README names, at 16 px (resnet18 also without the CIFAR stem: the run), except
@@ -147,3 +149,36 @@ def test_minimal_case_and_readme_backbones_are_identical_under_two_malloc_fills(
     assert outputs[0] == outputs[1]  # no tensor read from unwritten memory
     names = [n.split("@")[0].split(":")[0] for n in README_BACKBONES]
     assert [line.split()[:2] for line in outputs[0][1:]] == [[n, "2"] for n in names]  # two steps each
+
+
+# ---------------------------------------------------------------------------------------------
+# The divergence line blames the lr only when the loss grew before the fault
+
+
+def diverged_after(losses: list[float], precision: str = "bf16") -> str:
+    guard = faults.DivergenceGuard(None, CPU, precision)
+    for step, loss in enumerate(losses):
+        guard.observe(step, {"loss": torch.tensor(loss)})
+    return str(guard.error(lr=3e-4))
+
+
+def test_a_steady_loss_that_breaks_at_once_does_not_blame_the_lr():
+    line = diverged_after([5.0, 4.9, 4.8, float("nan")])
+    assert "not finite at step 4" in line and "lower optim.lr" not in line
+    assert "held steady before it (5 → 4.8), so the lr (now 0.0003) is an unlikely cause" in line
+    assert "--set train.precision=fp32" in line
+    assert "train.precision" not in diverged_after([5.0, float("inf")], precision="fp32")  # already fp32
+    rising = diverged_after([5.0, 40.0, 900.0, float("nan")])
+    assert "the loss rose from 5 to 900 before it; lower optim.lr (now 0.0003)" in rising
+
+
+def test_weights_that_are_not_finite_are_named_and_the_lr_blamed_only_after_growth():
+    learner = Learner(load_spec("default", ["backbone.width=4", "data.image_size_px=16"]))
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.1)
+    with torch.no_grad():
+        learner.backbone.conv1.weight[0, 0, 0, 0] = float("nan")
+    guard = faults.DivergenceGuard(None, CPU, "bf16")
+    for step in range(3):
+        guard.observe(step, {"loss": torch.tensor(5.0)})
+    with pytest.raises(faults.Diverged, match=r"after step 3 \(first: backbone\.conv1\.weight\).*unlikely cause"):
+        check_finite(learner, optimizer, 3, guard)
