@@ -121,14 +121,16 @@ class DivergenceGuard:
         A learning rate too high shows as a loss that climbs over the steps before it breaks; a loss that
         held steady and then broke in one step points at a numeric fault (a kernel, bf16 range, the data).
         """
-        first = math.nan if self.first is None else float(self.first)
-        last = math.nan if self.last is None else float(self.last)
+        retry = "rerun with --set train.precision=fp32, " if self.precision == "bf16" else ""
+        if self.first is None or self.last is None:  # no loss seen in this process
+            return (f"lower optim.lr (now {lr:g}) if the loss was growing, else look for a numeric fault ({retry}"
+                    "check the data for non-finite pixels); start a new run")  # fmt: skip
+        first, last = float(self.first), float(self.last)
         if passed or (math.isfinite(last) and last > 1.5 * abs(first) + 1e-3):
             return (
                 f"the loss rose from {first:.4g} to {last:.4g} before it; lower optim.lr (now {lr:g}) and start "
                 "a new run"
             )
-        retry = "rerun with --set train.precision=fp32, " if self.precision == "bf16" else ""
         return (
             f"the loss held steady before it ({first:.4g} → {last:.4g}), so the lr (now {lr:g}) is an unlikely "
             f"cause: look for a numeric fault ({retry}check the data for non-finite pixels) and start a new run"
