@@ -57,7 +57,7 @@ def resume_line(header: dict[str, str]) -> str | None:
 def busy_line(threads: int, device: torch.device, sample=cpus.busy_cpus) -> str | None:
     """On CPU, one line when other work already keeps the run's CPUs busy: how busy, the cost, the fitting count."""
     seconds = float(os.environ.get("AFFSSL_BUSY_SAMPLE_S", "0.5"))
-    if device.type != "cpu" or seconds <= 0 or threads <= 1:  # one thread: nothing fewer to suggest
+    if device.type != "cpu" or seconds <= 0 or threads <= 1 or not distributed.is_main():  # 1 thread: nothing less
         return None
     mask = cpus.affinity()
     busy = sample(mask, seconds)

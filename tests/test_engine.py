@@ -18,6 +18,7 @@ from affssl import runs
 from affssl.checkpoint import TRAIN_FORMAT
 from affssl.engine import pretrain
 from affssl.learner import Learner
+from affssl.runenv import with_threads
 from affssl.spec import RunSpec, load_spec
 
 TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "data.limit=128"]
@@ -69,9 +70,10 @@ def test_pretrain_writes_run_and_loss_goes_down(tmp_path, base, with_affine):
     run = tmp_path / "run"
     last = pretrain(spec, run, show_progress=False)
     assert last == run / runs.LAST and last.is_file()
-    assert RunSpec.model_validate_json((run / runs.SPEC).read_text()) == spec
+    stored = with_threads(spec, torch.get_num_threads())  # train.threads = auto is stored as the number used
+    assert RunSpec.model_validate_json((run / runs.SPEC).read_text()) == stored
     meta = header(last)
-    assert meta["format"] == TRAIN_FORMAT and RunSpec.model_validate_json(meta["spec"]) == spec
+    assert meta["format"] == TRAIN_FORMAT and RunSpec.model_validate_json(meta["spec"]) == stored
     epochs = [r for r in runs.read_metrics(run) if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
     assert ("loss_affine" in epochs[0]) == with_affine
