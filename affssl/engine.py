@@ -90,8 +90,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     policy = precision.resolve(spec.train.precision, spec.train.memory_format, device, trained=learner)
     learner = learner.to(memory_format=policy.memory_format)  # conv weights; activations follow them
     guarded = convguard.protect(learner, "backbone", crop_sizes(spec), spec.train.precision, policy.dtype, device)
-    runenv.say(f"{len(guarded)} convolutions run in fp32 (bf16 weight-gradient bug, affssl/convguard.py): "
-               f"{', '.join(f.describe() for f in guarded)}" if guarded else None, show_progress)  # fmt: skip
+    runenv.say(f"fp32 inside {', '.join(f.describe() for f in guarded)}: torch's bf16 weight gradient is wrong "
+               "there (affssl/convguard.py)" if guarded else None, show_progress)  # fmt: skip
     optimizer = build_optimizer(learner.optim_groups(), spec.optim, fused=device.type == "cuda")
     start_epoch, position = 0, None
     if resume:
