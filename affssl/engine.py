@@ -66,8 +66,6 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     spec, threads_line = runenv.apply_threads(spec)  # train.threads resolved: what spec.json and checkpoints keep
     torch.manual_seed(spec.train.seed)  # initial weights
     device = resolve_device(spec.train.device)
-    runenv.say(threads_line, show_progress)
-    runenv.say(runenv.busy_line(spec.train.threads, device))
     if device.type == "cpu":
         hostmem.keep_freed_memory()  # no page faults on activations every step (see hostmem)
     data = data or load_dataset(spec.data, seed=spec.train.seed, progress=show_progress and distributed.is_main())
@@ -90,16 +88,14 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     policy = precision.resolve(spec.train.precision, spec.train.memory_format, device, trained=learner)
     learner = learner.to(memory_format=policy.memory_format)  # conv weights; activations follow them
     guarded = convguard.protect(learner, "backbone", crop_sizes(spec), spec.train.precision, policy.dtype, device)
-    runenv.say(f"fp32 inside {', '.join(f.describe() for f in guarded)}: torch's bf16 weight gradient is wrong "
-               "there (affssl/convguard.py)" if guarded else None, show_progress)  # fmt: skip
     optimizer = build_optimizer(learner.optim_groups(), spec.optim, fused=device.type == "cuda")
-    start_epoch, position = 0, None
+    start_epoch, position, notes = 0, None, [threads_line if show_progress else None]
     if resume:
         tensors, header = checkpoint.load(run / runs.LAST, expect=checkpoint.TRAIN_FORMAT)
         learner.load_state_dict(checkpoint.strip_prefix("model", tensors), strict=True)
         checkpoint.restore_optimizer(optimizer, tensors)
         start_epoch = int(header["epoch"])
-        runenv.say(runenv.resume_line(header))
+        notes.append(runenv.resume_line(header))
         position = read_position(run / runs.LAST, header, tensors, device)
         if distributed.is_main():  # lines past the checkpoint are replayed, not duplicated
             kept = [r for r in runs.read_metrics(run) if r.get("step", 0) <= int(header["step"])]
@@ -110,6 +106,12 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
         overhead = counts["head"] / counts["total"]
         runs.append_metrics(run, {"kind": "params", **counts, "head_overhead_frac": overhead})
 
+    # Notes once the run is sure to start (an error before it stays one line): threads, load, guarded layers.
+    notes.append(runenv.busy_line(spec.train.threads, device))
+    notes.append(f"fp32 inside {', '.join(f.describe() for f in guarded)}: torch's bf16 weight gradient is wrong "
+                 "there (affssl/convguard.py)" if guarded and show_progress else None)  # fmt: skip
+    for line in notes:
+        runenv.say(line)
     model: nn.Module = learner
     if world > 1:
         model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.index is not None
