@@ -26,7 +26,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from affssl import checkpoint, distributed, faults, hostmem, precision, runs
+from affssl import checkpoint, convguard, distributed, faults, hostmem, precision, runenv, runs
 from affssl.data import Dataset, batches, storage
 from affssl.errors import UserError
 from affssl.learner import Learner
@@ -64,6 +64,7 @@ class Position(NamedTuple):
 def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool = True,
              data: Dataset | None = None) -> Path:  # fmt: skip
     """Train per spec into the run folder; returns the path of the last checkpoint."""
+    spec, threads_line = runenv.apply_threads(spec)  # train.threads resolved: what spec.json and checkpoints keep
     torch.manual_seed(spec.train.seed)  # initial weights
     device = resolve_device(spec.train.device)
     if device.type == "cpu":
@@ -87,13 +88,15 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     counts = learner.param_counts()
     policy = precision.resolve(spec.train.precision, spec.train.memory_format, device, trained=learner)
     learner = learner.to(memory_format=policy.memory_format)  # conv weights; activations follow them
+    guarded = convguard.protect(learner, "backbone", crop_sizes(spec), spec.train.precision, policy.dtype, device)
     optimizer = build_optimizer(learner.optim_groups(), spec.optim, fused=device.type == "cuda")
-    start_epoch, position = 0, None
+    start_epoch, position, notes = 0, None, [threads_line if show_progress else None]
     if resume:
         tensors, header = checkpoint.load(run / runs.LAST, expect=checkpoint.TRAIN_FORMAT)
         learner.load_state_dict(checkpoint.strip_prefix("model", tensors), strict=True)
         checkpoint.restore_optimizer(optimizer, tensors)
         start_epoch = int(header["epoch"])
+        notes.append(runenv.resume_line(header))
         position = read_position(run / runs.LAST, header, tensors, device)
         if distributed.is_main():  # lines past the checkpoint are replayed, not duplicated
             kept = [r for r in runs.read_metrics(run) if r.get("step", 0) <= int(header["step"])]
@@ -104,6 +107,12 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
         overhead = counts["head"] / counts["total"]
         runs.append_metrics(run, {"kind": "params", **counts, "head_overhead_frac": overhead})
 
+    # Notes once the run is sure to start (an error before it stays one line): threads, load, guarded layers.
+    notes.append(runenv.busy_line(spec.train.threads, device))
+    notes.append(f"fp32 inside {', '.join(f.describe() for f in guarded)}: torch's bf16 weight gradient is wrong "
+                 "there (affssl/convguard.py)" if guarded and show_progress else None)  # fmt: skip
+    for line in notes:
+        runenv.say(line)
     model: nn.Module = learner
     if world > 1:
         model = nn.parallel.DistributedDataParallel(learner, device_ids=[device.index] if device.index is not None
@@ -111,7 +120,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     step_fn = torch.compile(model) if spec.train.compile else model
     local_batch = spec.train.batch_size // world
     last = run / runs.LAST
-    guard = faults.DivergenceGuard(spec.train.max_loss, device)
+    guard = faults.DivergenceGuard(spec.train.max_loss, device, policy.name)
     guard.protect(optimizer)
     # Reading the guard's flag waits for the device. On CPU that is free, so every step is checked
     # before its backward pass. On CUDA a per-step read would stall the kernel queue, so it is read
@@ -179,7 +188,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                     signum = agree(guard, stop, optimizer.param_groups[0]["lr"])
                 if (signum or save_now) and i + 1 < steps_per_epoch:
                     summary = {"epoch": epoch, "step": step + 1, "epoch_step": i + 1}
-                    save_position(last, learner, optimizer, spec, summary, (g_views, g_affine), sums)
+                    save_position(last, learner, optimizer, spec, summary, (g_views, g_affine), sums, guard)
                     if signum:
                         raise faults.preempted(signum, run, step + 1, epoch + 1)
             seconds = time.perf_counter() - t_epoch
@@ -187,7 +196,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
             summary = {k: v.item() / steps_per_epoch for k, v in zip(sums, means, strict=True)}
             summary |= {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "epoch_time_s": seconds,
                         "img_per_s": steps_per_epoch * spec.train.batch_size / seconds}  # fmt: skip
-            check_finite(learner, optimizer, summary["step"])
+            check_finite(learner, optimizer, summary["step"], guard)
             if distributed.is_main():
                 runs.append_metrics(run, {"kind": "epoch", **summary})
                 save_checkpoint(last, learner, optimizer, spec, summary)
@@ -199,6 +208,13 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     return last
 
 
+def crop_sizes(spec: RunSpec) -> list[int]:
+    """Every square size the encoder sees in this run (the convolution guard probes each): the global views'
+    and, with multi-crop, the local views'."""
+    local = [spec.augment.local_size_px] if spec.augment.local_crops else []
+    return [spec.data.image_size_px, *local]
+
+
 def agree(guard: faults.DivergenceGuard, stop: faults.StopSignals, lr: float) -> int:
     """The divergence flag and stop signal, agreed by all processes: raises Diverged, else the signal (0: none)."""
     flags = torch.stack([guard.seen, guard.seen.new_tensor(float(stop.signum))])  # (2,)
@@ -208,21 +224,25 @@ def agree(guard: faults.DivergenceGuard, stop: faults.StopSignals, lr: float) ->
     return int(signum)
 
 
-def check_finite(learner: Learner, optimizer: torch.optim.Optimizer, step: int) -> None:
+def check_finite(learner: Learner, optimizer: torch.optim.Optimizer, step: int,
+                 guard: faults.DivergenceGuard | None = None) -> None:  # fmt: skip
     """Never write a checkpoint that holds inf or NaN (a finite loss can still leave such weights)."""
-    tensors = [t for t in learner.state_dict().values() if t.is_floating_point()]
-    tensors += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]
-    bad = (~torch.stack([torch.isfinite(t).all() for t in tensors]).all()).float()
-    if distributed.maximum(bad).item():
-        lr = optimizer.param_groups[0]["lr"]
-        raise faults.Diverged(f"the weights are not finite after step {step}; nothing after the last finite step "
-                              f"was saved; lower optim.lr (now {lr:g}) and start a new run")  # fmt: skip
+    named = [(k, t) for k, t in learner.state_dict().items() if t.is_floating_point()]
+    named += [(f"optimizer state of parameter {i}", v) for i, s in optimizer.state.items() for v in s.values()
+              if torch.is_tensor(v) and v.is_floating_point()]  # fmt: skip
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named])  # (T,) bool
+    if distributed.maximum((~finite.all()).float()).item():
+        first = next((k for (k, _), ok in zip(named, finite.tolist(), strict=True) if not ok), "in another process")
+        fix = (guard or faults.DivergenceGuard(None, finite.device)).fix(optimizer.param_groups[0]["lr"])
+        raise faults.Diverged(f"the weights are not finite after step {step} (first: {first}); nothing after the "
+                              f"last finite step was saved; {fix}")  # fmt: skip
 
 
 def save_position(path: Path, learner: Learner, optimizer: torch.optim.Optimizer, spec: RunSpec, summary: dict,
-                  gens: tuple[torch.Generator, torch.Generator], sums: dict[str, Tensor]) -> None:  # fmt: skip
+                  gens: tuple[torch.Generator, torch.Generator], sums: dict[str, Tensor],
+                  guard: faults.DivergenceGuard | None = None) -> None:  # fmt: skip
     """A checkpoint inside an epoch: the state plus every process's generators and metric sums (a collective)."""
-    check_finite(learner, optimizer, summary["step"])
+    check_finite(learner, optimizer, summary["step"], guard)
     device = sums["loss"].device
     per_rank = {"views": gens[0].get_state(), "affine": gens[1].get_state(), "sums": torch.stack(list(sums.values()))}
     tensors = {f"position.{k}": distributed.stack(v.to(device)).cpu() for k, v in per_rank.items()}  # (world, …)
@@ -256,5 +276,6 @@ def save_checkpoint(path: Path, learner: Learner, optimizer: torch.optim.Optimiz
     tensors |= position or {}
     inside = {k: summary[k] for k in ("epoch_step", "position_sums") if k in summary}
     meta = checkpoint.metadata_json(format=checkpoint.TRAIN_FORMAT, spec=spec.model_dump_json(), epoch=summary["epoch"],
-                                    step=summary["step"], metrics=summary, **inside)  # fmt: skip
+                                    step=summary["step"], metrics=summary, **inside,
+                                    **runenv.fingerprint())  # fmt: skip
     checkpoint.save(path, tensors, meta)

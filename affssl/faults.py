@@ -77,12 +77,15 @@ class DivergenceGuard:
     the `found_inf` input GradScaler uses), so the weights stay those of the last finite step.
     """
 
-    def __init__(self, max_loss: float | None, device: torch.device):
+    def __init__(self, max_loss: float | None, device: torch.device, precision: str = "fp32"):
         self.max_loss = math.inf if max_loss is None else max_loss
+        self.precision = precision  # the run's policy name, for the line's advice
         self.seen = torch.zeros((), device=device)  # 1.0 once a bad loss was observed
         self.step = torch.full((), -1, dtype=torch.int64, device=device)  # the first bad step
         self.values: Tensor | None = None  # (K,) the loss terms at that step
         self.names: tuple[str, ...] = ()
+        self.first: Tensor | None = None  # () the first loss observed
+        self.last: Tensor | None = None  # () the last loss observed before the first bad one
 
     def observe(self, step: int, parts: dict[str, Tensor]) -> None:
         values = torch.stack([v.detach().float() for v in parts.values()])  # (K,)
@@ -92,6 +95,8 @@ class DivergenceGuard:
         self.step = torch.where(first, step, self.step)
         self.values = values if self.values is None else torch.where(first, values, self.values)
         self.names = tuple(parts)
+        self.first = loss if self.first is None else self.first
+        self.last = loss if self.last is None else torch.where(bad | (self.seen > 0), self.last, loss)
         torch.maximum(self.seen, bad.float(), out=self.seen)  # in place: `protect` holds this tensor
 
     def protect(self, optimizer: torch.optim.Optimizer) -> None:
@@ -101,15 +106,35 @@ class DivergenceGuard:
 
     def error(self, lr: float) -> Diverged:
         """The one line for the first bad step seen here (another process may have seen it instead)."""
-        fix = f"lower optim.lr (now {lr:g}) and start a new run"
         if self.values is None or int(self.step) < 0:
             return Diverged(f"the loss diverged in another process; nothing after the last finite step was "
-                            f"saved; {fix}")  # fmt: skip
+                            f"saved; {self.fix(lr)}")  # fmt: skip
         terms = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.names, self.values.tolist(), strict=True))
         loss = float(self.values[self.names.index("loss")])
         what = "is not finite" if not math.isfinite(loss) else f"passed train.max_loss {self.max_loss:g}"
         return Diverged(f"the loss {what} at step {int(self.step) + 1} ({terms}); nothing after the last finite "
-                        f"step was saved; {fix}")  # fmt: skip
+                        f"step was saved; {self.fix(lr, passed=math.isfinite(loss))}")  # fmt: skip
+
+    def fix(self, lr: float, passed: bool = False) -> str:
+        """What to do: lower the lr when the loss grew before the fault (or passed max_loss), else look elsewhere.
+
+        A learning rate too high shows as a loss that climbs over the steps before it breaks; a loss that
+        held steady and then broke in one step points at a numeric fault (a kernel, bf16 range, the data).
+        """
+        retry = "rerun with --set train.precision=fp32, " if self.precision == "bf16" else ""
+        if self.first is None or self.last is None:  # no loss seen in this process
+            return (f"lower optim.lr (now {lr:g}) if the loss was growing, else look for a numeric fault ({retry}"
+                    "check the data for non-finite pixels); start a new run")  # fmt: skip
+        first, last = float(self.first), float(self.last)
+        if passed or (math.isfinite(last) and last > 1.5 * abs(first) + 1e-3):
+            return (
+                f"the loss rose from {first:.4g} to {last:.4g} before it; lower optim.lr (now {lr:g}) and start "
+                "a new run"
+            )
+        return (
+            f"the loss held steady before it ({first:.4g} → {last:.4g}), so the lr (now {lr:g}) is an unlikely "
+            f"cause: look for a numeric fault ({retry}check the data for non-finite pixels) and start a new run"
+        )
 
 
 def preempted(signum: int, run: Path, step: int, epoch: int) -> Preempted:

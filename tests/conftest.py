@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("AFFSSL_BUSY_SAMPLE_S", "0")  # no half-second /proc/stat sample per run (tests/test_cpus.py)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -495,9 +495,9 @@ def test_jobs_run_the_same_runs_as_one_at_a_time_and_wait_for_equal_time_referen
     assert parallel.exit_code == 0, parallel.output
     assert parallel.output.count("done in") == 8
     threads = torch.get_num_threads()
-    torch.set_num_threads(worker_threads(2))  # the workers' threads: the same arithmetic, bit for bit
-    try:
-        sequential = runner.invoke(app, [*argv, "--out", str(tmp_path / "one")])
+    try:  # the workers' threads: the same arithmetic, bit for bit
+        sequential = runner.invoke(app, [*argv, "--set", f"train.threads={worker_threads(2)}", "--out",
+                                         str(tmp_path / "one")])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     assert sequential.exit_code == 0, sequential.output

@@ -19,6 +19,7 @@ from affssl import runs
 from affssl.checkpoint import TRAIN_FORMAT
 from affssl.engine import pretrain
 from affssl.learner import Learner
+from affssl.runenv import with_threads
 from affssl.spec import RunSpec, load_spec
 
 TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "data.limit=128"]
@@ -72,6 +73,7 @@ def test_pretrain_writes_run_and_loss_goes_down(tmp_path, base, with_affine):
     last = pretrain(spec, run, show_progress=False)
     assert last == run / runs.LAST and last.is_file()
     stored = spec.model_copy(update={"data": spec.data.model_copy(update={"storage": "tensor"})})  # auto, resolved
+    stored = with_threads(stored, torch.get_num_threads())  # train.threads = auto is stored as the number used
     assert RunSpec.model_validate_json((run / runs.SPEC).read_text()) == stored
     meta = header(last)
     assert meta["format"] == TRAIN_FORMAT and RunSpec.model_validate_json(meta["spec"]) == stored

@@ -15,14 +15,17 @@ from __future__ import annotations
 import multiprocessing
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from affssl import cpus
 from affssl.ablate import study
 from affssl.ablate.planning import EvalSettings, PlannedRun
 from affssl.ablate.runner import Event, Reporter, State, advance, prepare
 from affssl.data import Dataset
+from affssl.runenv import with_threads
 
 _WORKER_CACHE: dict[str, Dataset] = {}  # per worker process: its last loaded training data
 
@@ -33,13 +36,14 @@ def _worker_init(threads: int) -> None:
 
 def _worker_run(run: PlannedRun, out: Path, ev: EvalSettings, state: State, m: study.Match | None) -> float:
     t0 = time.perf_counter()
+    run = replace(run, spec=with_threads(run.spec, torch.get_num_threads()))  # the worker's share, not "auto"
     advance(run, out, ev, state, m, _WORKER_CACHE)
     return time.perf_counter() - t0
 
 
-def worker_threads(jobs: int) -> int:
-    """Torch threads per worker: this process's share, at least one."""
-    return max(1, torch.get_num_threads() // jobs)
+def worker_threads(jobs: int, threads: str | int = "auto") -> int:
+    """Torch threads per worker: a share of train.threads (auto: the CPUs a run may use, affssl.cpus), ≥ 1."""
+    return max(1, cpus.resolve(threads) // jobs)
 
 
 def execute_parallel(planned: list[PlannedRun], out: Path, ev: EvalSettings, report: Reporter, jobs: int) -> None:
@@ -59,7 +63,7 @@ def execute_parallel(planned: list[PlannedRun], out: Path, ev: EvalSettings, rep
         return run.variant.kind != "equal-time" or all(r.folder in done for r in study.references(run, planned))
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
-    threads = worker_threads(jobs)
+    threads = worker_threads(jobs, planned[0].spec.train.threads if planned else "auto")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
         try:
             while waiting or running:

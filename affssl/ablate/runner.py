@@ -38,7 +38,7 @@ CURVE = "curve"
 State = Literal["train", "resume", "evaluate", "done"]
 Phase = Literal["skip", "train", "resume", "evaluate", "curve", "done"]
 # Fields a run may change between calls (as `affssl pretrain --resume` allows); epochs may only grow.
-MUTABLE = ("train.device", "train.log_every", "train.checkpoint_every", "train.epochs")
+MUTABLE = ("train.device", "train.log_every", "train.checkpoint_every", "train.epochs", "train.threads")
 
 
 @dataclass(frozen=True)

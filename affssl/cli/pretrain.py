@@ -37,8 +37,8 @@ from affssl.spec.run import to_toml
 # where its data cache lives and how many loader processes read it (the batches do not depend on
 # that); never what it learns from or how. Other fields may be repeated.
 RESUMABLE: tuple[str, ...] = ("train.epochs", "train.device", "train.log_every", "train.checkpoint_every",
-                             "train.checkpoint_every_steps", "train.max_loss", "data.root", "data.cache",
-                             "data.workers")  # fmt: skip
+                             "train.checkpoint_every_steps", "train.max_loss", "train.threads", "data.root",
+                             "data.cache", "data.workers")  # fmt: skip
 
 
 @friendly

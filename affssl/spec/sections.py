@@ -7,7 +7,7 @@ the base methods' in affssl.spec.methods). affssl.spec.run assembles them into a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -195,6 +195,11 @@ class TrainSpec(_Spec):
         True,
         description="with several processes, BatchNorm statistics over the global "
         "batch (as one process); off: each process normalises its slice",
+    )
+    threads: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto",
+        description="torch's CPU threads; auto: the CPUs of the affinity mask capped by the cgroup CPU quota "
+        "(and OMP_NUM_THREADS); RUN/spec.json stores the number used",
     )
 
     @model_validator(mode="before")

@@ -1,0 +1,118 @@
+"""How many CPUs a run may use, and how busy they already are.
+
+torch starts one intra-op thread per visible core and ignores a container's CPU quota (cgroup v2
+`cpu.max`, v1 `cpu.cfs_quota_us / cpu.cfs_period_us`: a pod's limit, `docker run --cpus`), so a
+quota-limited process oversubscribes its share and waits on itself. `available` is the number the
+run should use: the CPUs of the affinity mask (`taskset`), capped by every quota on the way from
+this process's cgroup to the root (rounded down, at least 1) and by an explicit OMP_NUM_THREADS.
+It never depends on load; `busy_cpus` measures load separately (/proc/stat), for a line only.
+Paths are arguments, so tests hand in their own files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+PROC_STAT = Path("/proc/stat")
+
+
+def affinity() -> set[int]:
+    """The CPUs this process may run on (the affinity mask), or all of them where the OS cannot say."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _chain(top: Path, relative: str) -> list[Path]:
+    """top/relative and each of its parents up to top (the cgroup and every cgroup above it)."""
+    folder = top / relative.strip("/")
+    folders = [folder]
+    while folder != top and top in folder.parents:
+        folder = folder.parent
+        folders.append(folder)
+    return folders
+
+
+def cgroup_quota(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> float | None:
+    """The CPU quota in CPUs (2.5 = 250 ms per 100 ms) of this process's cgroup and those above it; None: none."""
+    quotas: list[float] = []
+    for line in (_read(self_cgroup) or "").splitlines():
+        _, controllers, relative = line.split(":", 2)
+        if controllers == "":  # cgroup v2: "0::/path"
+            for folder in _chain(root, relative):
+                parts = (_read(folder / "cpu.max") or "max").split()
+                if parts[0] != "max" and len(parts) == 2:
+                    quotas.append(int(parts[0]) / int(parts[1]))
+        elif "cpu" in controllers.split(","):  # cgroup v1: "4:cpu,cpuacct:/path", mounted per controller set
+            for mount in {root / controllers, root / "cpu", root / "cpu,cpuacct"}:
+                for folder in _chain(mount, relative):
+                    quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+                    if quota and period and int(quota) > 0 and int(period) > 0:
+                        quotas.append(int(quota) / int(period))
+    return min(quotas) if quotas else None
+
+
+def available(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP, cpus: set[int] | None = None) -> int:
+    """CPUs a run may use: the affinity mask capped by the cgroup quota (floor, ≥ 1) and by OMP_NUM_THREADS."""
+    n = len(cpus if cpus is not None else affinity())
+    quota = cgroup_quota(root, self_cgroup)
+    if quota is not None:
+        n = min(n, max(1, math.floor(quota)))
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        n = min(n, int(omp))
+    return max(1, n)
+
+
+def describe(n: int, root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> str:
+    """Where the figure comes from, for the line a run prints."""
+    quota = cgroup_quota(root, self_cgroup)
+    why = [f"{len(affinity())} CPUs in the affinity mask"]
+    why += [f"cgroup quota {quota:g} CPUs"] if quota is not None else []
+    why += [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if os.environ.get("OMP_NUM_THREADS") else []
+    return f"{n} ({', '.join(why)})"
+
+
+def resolve(threads: str | int) -> int:
+    """The thread count of `train.threads`: "auto" → `available()`, N → N."""
+    return available() if threads == "auto" else int(threads)
+
+
+def cpu_times(stat: Path = PROC_STAT) -> dict[int, tuple[int, int]]:
+    """Per CPU (busy, total) jiffies since boot, from /proc/stat (idle and iowait are not busy)."""
+    out = {}
+    for line in (_read(stat) or "").splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+            idle = values[3] + (values[4] if len(values) > 4 else 0)
+            out[int(name[3:])] = (sum(values) - idle, sum(values))
+    return out
+
+
+def busy_cpus(cpus: set[int], seconds: float = 0.5, read: Callable[[], dict[int, tuple[int, int]]] = cpu_times,
+              sleep: Callable[[float], None] = time.sleep) -> float:  # fmt: skip
+    """How many of `cpus` other work keeps busy, in CPUs (0 … len(cpus)), over `seconds` of sampling."""
+    before = read()
+    sleep(seconds)
+    after = read()
+    busy = 0.0
+    for cpu in cpus:
+        if cpu in before and cpu in after:
+            d_busy, d_total = (a - b for a, b in zip(after[cpu], before[cpu], strict=True))
+            busy += d_busy / d_total if d_total > 0 else 0.0
+    return busy

@@ -1,0 +1,75 @@
+"""What the host gives a run, set and stated at its start: threads, the busy-machine line, what a resume changed.
+
+Bit-identical results hold on CPU for the same seed at the same thread count, CPU capability (the
+instruction set torch's kernels dispatch to: `torch.backends.cpu.get_cpu_capability()`) and torch
+version; docs/reproducibility.md says why. The engine stores the resolved thread count in the spec
+(RUN/spec.json, the checkpoint header) and the other two in the checkpoint header, and a resume that
+differs in any of them continues with one line saying so.
+
+The busy line: on a CPU run, /proc/stat is sampled for AFFSSL_BUSY_SAMPLE_S seconds (0.5 by default;
+0 turns the check off, as the tests do). It only informs; `threads = "auto"` never depends on load.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from affssl import cpus, distributed
+from affssl.spec import RunSpec
+
+# The issue's measurement of the default run on 2 cores: 22 s alone, 84–109 s beside a 2-thread matrix product.
+_COST = "a step waits for the slowest thread, so the run can take several times as long (benchmarks/contention.py)"
+
+
+def with_threads(spec: RunSpec, threads: int) -> RunSpec:
+    """The spec with train.threads resolved to a number (what RUN/spec.json and checkpoints store)."""
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"threads": threads})})
+
+
+def apply_threads(spec: RunSpec) -> tuple[RunSpec, str]:
+    """Set torch's intra-op threads per train.threads; returns the resolved spec and the line that says so."""
+    threads = cpus.resolve(spec.train.threads)
+    torch.set_num_threads(threads)
+    source = cpus.describe(threads) if spec.train.threads == "auto" else f"{threads} (train.threads)"
+    return with_threads(spec, threads), f"threads: {source}"
+
+
+def fingerprint() -> dict[str, str]:
+    """What besides the spec and seed decides a CPU run's bits: stored in every training checkpoint's header."""
+    return {"threads": str(torch.get_num_threads()), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_version": torch.__version__}  # fmt: skip
+
+
+def resume_line(header: dict[str, str]) -> str | None:
+    """One line when this process differs from the one that wrote the checkpoint in what decides the bits."""
+    now = fingerprint()
+    names = {"threads": "threads", "cpu_capability": "CPU capability", "torch_version": "torch"}
+    changed = [f"{names[k]} {header[k]} → {now[k]}" for k in names if k in header and header[k] != now[k]]
+    if not changed:
+        return None
+    return (f"resuming with {', '.join(changed)}: the run continues, but its tensors are no longer bit-identical "
+            "to an uninterrupted run")  # fmt: skip
+
+
+def busy_line(threads: int, device: torch.device, sample=cpus.busy_cpus) -> str | None:
+    """On CPU, one line when other work already keeps the run's CPUs busy: how busy, the cost, the fitting count."""
+    seconds = float(os.environ.get("AFFSSL_BUSY_SAMPLE_S", "0.5"))
+    if device.type != "cpu" or seconds <= 0 or threads <= 1 or not distributed.is_main():  # 1 thread: nothing less
+        return None
+    mask = cpus.affinity()
+    busy = sample(mask, seconds)
+    free = len(mask) - busy
+    if busy < 0.5 or threads <= max(1.0, free + 0.25):
+        return None
+    fits = max(1, int(free + 0.5))
+    return (f"the {len(mask)} CPUs this run may use are already {busy:.1f} CPUs busy with other work; with {threads} "
+            f"threads {_COST}; --set train.threads={fits} fits what is free")  # fmt: skip
+
+
+def say(line: str | None, show: bool = True) -> None:
+    """A note on stderr, from the main process only (None or show=False: nothing)."""
+    if line and show and distributed.is_main():
+        print(f"note: {line}", file=sys.stderr, flush=True)

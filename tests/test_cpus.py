@@ -1,0 +1,133 @@
+"""CPUs a run may use (affinity mask, cgroup quota), how busy they are, and what a run states about them.
+
+Oracles: hand-written cgroup files of both versions and /proc/stat samples with known answers, the
+`taskset` command, and the run folder's own files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from affssl import cpus, runenv, runs
+from affssl.engine import pretrain
+from affssl.spec import RunSpec, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "data.limit=64", "train.epochs=1",
+        "method.proj_hidden=32", "method.proj_out=16", "affine.head_hidden=32", "train.device=cpu"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def keep_threads(monkeypatch):
+    """The engine sets torch's threads for the whole process: give later tests theirs back."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_cgroup_v2_quota_is_the_smallest_on_the_way_to_the_root(tmp_path):
+    self_cgroup = write(tmp_path / "self", "0::/pod/app\n")
+    write(tmp_path / "fs/pod/app/cpu.max", "max 100000\n")  # no limit of its own
+    write(tmp_path / "fs/pod/cpu.max", "250000 100000\n")  # the pod's limit: 2.5 CPUs
+    write(tmp_path / "fs/cpu.max", "max 100000\n")
+    assert cpus.cgroup_quota(tmp_path / "fs", self_cgroup) == 2.5
+    assert cpus.available(tmp_path / "fs", self_cgroup, cpus=set(range(8))) == 2  # rounded down
+    assert cpus.available(tmp_path / "fs", self_cgroup, cpus={0}) == 1  # the affinity mask is smaller
+    write(tmp_path / "fs/pod/cpu.max", "50000 100000\n")  # half a CPU: at least one thread
+    assert cpus.available(tmp_path / "fs", self_cgroup, cpus=set(range(8))) == 1
+
+
+def test_cgroup_v1_cfs_quota_and_no_quota(tmp_path):
+    self_cgroup = write(tmp_path / "self", "12:memory:/docker/x\n4:cpu,cpuacct:/docker/x\n")
+    write(tmp_path / "fs/cpu,cpuacct/docker/x/cpu.cfs_quota_us", "300000\n")
+    write(tmp_path / "fs/cpu,cpuacct/docker/x/cpu.cfs_period_us", "100000\n")
+    assert cpus.cgroup_quota(tmp_path / "fs", self_cgroup) == 3.0
+    assert cpus.available(tmp_path / "fs", self_cgroup, cpus=set(range(16))) == 3
+    write(tmp_path / "fs/cpu,cpuacct/docker/x/cpu.cfs_quota_us", "-1\n")  # v1's "no limit"
+    assert cpus.cgroup_quota(tmp_path / "fs", self_cgroup) is None
+    assert cpus.available(tmp_path / "fs", self_cgroup, cpus=set(range(16))) == 16
+    assert cpus.cgroup_quota(tmp_path / "absent", tmp_path / "absent-self") is None  # no cgroup files at all
+
+
+def test_omp_num_threads_caps_auto(monkeypatch, tmp_path):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpus.available(tmp_path, tmp_path / "none", cpus=set(range(8))) == 3
+    assert cpus.resolve(5) == 5  # a number is taken as given
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")
+def test_taskset_to_one_cpu_runs_one_thread():
+    code = ("import torch; from affssl import cpus, runenv; from affssl.spec import load_spec; "
+            "spec, line = runenv.apply_threads(load_spec('default')); "
+            "print(cpus.available(), spec.train.threads, torch.get_num_threads(), line)")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300, check=True)  # fmt: skip
+    assert done.stdout.split()[:3] == ["1", "1", "1"], done.stdout
+    assert "threads: 1 (1 CPUs in the affinity mask" in done.stdout
+
+
+def test_busy_cpus_from_two_proc_stat_samples(tmp_path):
+    stat = write(tmp_path / "stat", "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 10 0 10 70 10 0 0 0 0 0\ncpu1 0 0 0 100 0 0 0 0\n")
+    assert cpus.cpu_times(stat) == {0: (20, 100), 1: (0, 100)}  # idle and iowait are not busy
+    samples = iter([{0: (100, 1000), 1: (0, 1000), 2: (0, 10)}, {0: (150, 1100), 1: (100, 1100), 2: (10, 20)}])
+    slept = []
+    busy = cpus.busy_cpus({0, 1}, 0.5, read=lambda: next(samples), sleep=slept.append)
+    assert busy == pytest.approx(1.5) and slept == [0.5]  # cpu2 is outside the mask
+
+
+def test_busy_line_only_on_cpu_when_the_run_would_oversubscribe(monkeypatch):
+    monkeypatch.setattr(cpus, "affinity", lambda: {0, 1})
+    monkeypatch.setenv("AFFSSL_BUSY_SAMPLE_S", "0.5")
+    busy = lambda load: lambda mask, seconds: load  # noqa: E731
+    line = runenv.busy_line(2, torch.device("cpu"), busy(1.4))
+    assert line is not None and "already 1.4 CPUs busy" in line and "--set train.threads=1 fits" in line
+    assert runenv.busy_line(2, torch.device("cpu"), busy(0.2)) is None  # a quiet machine
+    assert runenv.busy_line(1, torch.device("cpu"), busy(1.9)) is None  # one thread: nothing fewer to suggest
+    assert runenv.busy_line(2, torch.device("cuda"), busy(1.9)) is None  # only a CPU run
+    monkeypatch.setenv("AFFSSL_BUSY_SAMPLE_S", "0")
+    assert runenv.busy_line(2, torch.device("cpu"), busy(1.9)) is None  # off, as in the tests
+
+
+def test_resolved_threads_and_host_are_stored_and_resume_states_a_change(tmp_path, capfd):
+    run = tmp_path / "run"
+    pretrain(load_spec("default", [*TINY, "train.threads=1"]), run, show_progress=False)
+    saved = RunSpec.model_validate_json((run / runs.SPEC).read_text())  # still a loadable spec
+    assert saved.train.threads == 1
+    with safe_open(str(run / runs.LAST), framework="pt") as f:
+        header = f.metadata()
+    assert json.loads(header["spec"])["train"]["threads"] == 1 and header["threads"] == "1"
+    assert header["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert header["torch_version"] == torch.__version__
+    capfd.readouterr()
+    pretrain(load_spec("default", [*TINY, "train.threads=1", "train.epochs=2"]), run, resume=True,
+             show_progress=False)  # fmt: skip
+    assert "no longer bit-identical" not in capfd.readouterr().err  # the same host: nothing to say
+    pretrain(load_spec("default", [*TINY, "train.threads=2", "train.epochs=3"]), run, resume=True,
+             show_progress=False)  # fmt: skip
+    lines = [line for line in capfd.readouterr().err.splitlines() if "bit-identical" in line]
+    assert lines == ["note: resuming with threads 1 → 2: the run continues, but its tensors are no longer "
+                     "bit-identical to an uninterrupted run"]  # fmt: skip
+
+
+def test_auto_is_resolved_before_the_spec_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpus, "available", lambda *a, **k: 1)
+    pretrain(load_spec("default", TINY), tmp_path / "run", show_progress=False)
+    assert json.loads((tmp_path / "run" / runs.SPEC).read_text())["train"]["threads"] == 1
+    assert torch.get_num_threads() == 1
