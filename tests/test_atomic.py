@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from affssl import atomic, checkpoint, runs, tensorfile
+from affssl import atomic, checkpoint, runs
+from affssl.data import tensorfile
 from affssl.export import export
 from affssl.spec import load_spec
 
