@@ -45,6 +45,8 @@ def commands(text: str) -> list[list[str]]:
     out = []
     for line in found:
         for part in re.split(r"&&|;", line.split(" #")[0]):
+            if not part.strip().startswith("affssl "):
+                continue  # another program's line (a `python -c "…; …"` is no affssl command)
             words = shlex.split(part)
             if not words or words[0] != "affssl" or any(w in ("…", "...", "N", "COMMAND") for w in words):
                 continue
