@@ -69,8 +69,9 @@ def pretrain(
 ) -> None:
     """Pretrain an encoder; writes RUN/spec.json, RUN/metrics.jsonl and RUN/last.safetensors."""
     from affssl import distributed
-    from affssl.data import load_dataset
+    from affssl.data import storage
     from affssl.engine import pretrain as run_pretrain
+    from affssl.engine import resolve_device
 
     explicit = flag_overrides(None, affine, components, dataset, backbone, epochs, batch_size, limit, seed, device)
     explicit += list(set_ or [])
@@ -91,7 +92,7 @@ def pretrain(
     distributed.setup()
     # Inputs first: nothing is created (run folder, lock) for a run whose folder or data cannot be used.
     runs.check(run, resume=resume, overwrite=overwrite)
-    data = load_dataset(spec.data, seed=spec.train.seed, progress=progress and distributed.is_main())
+    spec, data = storage.settle(spec, resolve_device(spec.train.device), progress and distributed.is_main())
     with runlock.hold(run) if distributed.is_main() else contextlib.nullcontext() as stale:
         if stale:
             err.print(f"note: took over the lock of a run that ended without releasing it ({escape(stale)})")

@@ -78,6 +78,20 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
     return spec, ChunkFeed(chunks, items, device, workers)
 
 
+def settle(spec: RunSpec, device: torch.device, progress: bool) -> tuple[RunSpec, Dataset | None]:
+    """Check a run's data before anything of the run is created: (spec with data.storage resolved, the loaded
+    set for tensor storage | None for chunks, whose files are then written). The choice is printed here once."""
+    storage, reason = resolve(spec.data, device, None)
+    if storage == "tensor":
+        data = load_dataset(spec.data, seed=spec.train.seed, progress=progress)
+    else:
+        data = None
+        written(spec.data, progress)  # bad images found here stop the run before its folder exists
+    if reason and distributed.is_main():
+        _say(f"data.storage {spec.data.storage} → {storage}: {reason}")
+    return _with(spec, storage=storage), data
+
+
 def filled_in(key: str, planned: object) -> bool:
     """Whether a stored spec's `key` may differ from the planned value: a field the run resolves or fills in."""
     return (key == "data.storage" and planned == "auto") or (key in ("data.bad_count", "data.bad_first")
