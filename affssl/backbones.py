@@ -11,6 +11,8 @@ with the CIFAR stem, `conv1 = Conv2d(3, 64, 3, 1, 1, bias=False)` and `maxpool =
 ViT and MaxViT are built for the data's image size. `vit_tiny` and `vit_small` are
 `torchvision.models.VisionTransformer(**torchvision_kwargs(spec, S))`: ViT-Ti (12 layers, 3 heads,
 width 192, MLP 768) and ViT-S (12, 6, 384, 1536) with `patch_px` patches at S px, head `heads.head`.
+Every ViT is affssl.vit.AnySizeViT (torchvision's class, same state dict): it also takes inputs of another size
+that the patch divides (multi-crop's local views), its position embedding resized bicubically.
 Each encoder maps (B, 3, S, S) → (B, F) and carries `feat_dim` (F, the in_features of the removed
 Linear) and `removed_head` (its dotted name).
 """
@@ -24,6 +26,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from affssl.errors import UserError
 from affssl.spec import SMALL_VITS, STEM_FAMILY, BackboneSpec, default_patch_px
+from affssl.vit import AnySizeViT, any_size
 
 ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
@@ -134,9 +137,11 @@ def torchvision_model(spec: BackboneSpec, image_size_px: int | None = None) -> n
     try:
         kwargs = torchvision_kwargs(spec, image_size_px)
         if spec.name in SMALL_VITS:
-            model = torchvision.models.VisionTransformer(**kwargs)
+            model = AnySizeViT(**kwargs)
         else:
             model = torchvision.models.get_model(spec.name, weights=None, **kwargs)
+        if type(model) is torchvision.models.VisionTransformer:  # vit_b_16, …: any input size too
+            model = any_size(model)
     except (AssertionError, ValueError) as err:  # e.g. a ViT image size that the patch size does not divide
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(

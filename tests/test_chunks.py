@@ -25,10 +25,12 @@ from affssl.cli import app
 from affssl.data import chunkread, chunkwrite, storage
 from affssl.engine import pretrain
 from affssl.errors import UserError
+from affssl.learner import Learner
 from affssl.spec import load_spec
 
 TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=16", "train.epochs=2", "train.log_every=1",
         "method.proj_hidden=16", "method.proj_out=8", "affine.head_hidden=16"]  # fmt: skip
+LOCAL = ("method.name=dino", "augment.local_crops=2", "method.prototypes=32")  # 2 + 2 crops, a small DINO head
 
 
 def make_folder(root: Path, per_class: int = 24, square: int | None = None, seed: int = 0) -> Path:
@@ -118,13 +120,27 @@ def test_sigterm_inside_an_epoch_then_resume_is_bit_identical_with_other_workers
     assert_same_tensors(reference / runs.LAST, run / runs.LAST)
 
 
-def test_square_images_at_the_training_size_train_alike_on_both_storages(tmp_path):
-    # Whole image = the tensor cache's square; same order, same views: the storages give the same weights.
+@pytest.mark.parametrize("extra", [(), LOCAL], ids=["two-views", "dino-local-crops"])
+def test_square_images_at_the_training_size_train_alike_on_both_storages(tmp_path, extra):
+    # Whole image = the tensor cache's square; same order, same views (local ones too): the same weights.
     folder = make_folder(tmp_path / "square", per_class=16, square=16)
     for kind in ("tensor", "chunks"):
-        pretrain(spec_for(folder, tmp_path / "cache", f"data.storage={kind}", "data.workers=0", "train.epochs=1"),
-                 tmp_path / kind, show_progress=False)  # fmt: skip
+        pretrain(spec_for(folder, tmp_path / "cache", f"data.storage={kind}", "data.workers=0", "train.epochs=1",
+                          *extra), tmp_path / kind, show_progress=False)  # fmt: skip
     assert_same_tensors(tmp_path / "tensor" / runs.LAST, tmp_path / "chunks" / runs.LAST)
+
+
+def test_local_crops_train_on_chunks_of_images_of_any_size(tmp_path, folder):
+    # Every view, local ones included, is cropped from its whole stored image (12–28 px, any aspect).
+    spec = spec_for(folder, tmp_path / "cache", "data.storage=chunks", "data.workers=1", "train.epochs=1", *LOCAL)
+    assert (spec.augment.local_crops, spec.augment.local_size_px) == (2, 9)  # 9/16 of 16 px
+    pretrain(spec, tmp_path / "run", show_progress=False)
+    steps = [r for r in runs.read_metrics(tmp_path / "run") if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in steps)  # 48 images
+    torch.manual_seed(spec.train.seed)  # the engine's initial weights
+    initial = Learner(spec).state_dict()
+    trained = {k.removeprefix("model."): v for k, v in load_file(tmp_path / "run" / runs.LAST).items()}
+    assert not torch.equal(trained["backbone.conv1.weight"], initial["backbone.conv1.weight"])  # it learned
 
 
 def test_bad_images_are_skipped_counted_and_stop_the_run_past_max_bad_frac(tmp_path):

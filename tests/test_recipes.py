@@ -27,15 +27,17 @@ SOLO_LEARN = {
     "byol": ("lars", 1.0, 1e-5, (4096, 256), 92.58),
     "barlow": ("lars", 0.3, 1e-4, (2048, 2048), 92.10),
     "vicreg": ("lars", 0.3, 1e-4, (2048, 2048), 92.07),
+    "dino": ("lars", 0.3, 1e-6, (2048, 256), 89.52),
     "mocov3": ("lars", 0.3, 1e-6, (4096, 256), 93.10),
     "simsiam": ("sgd", 0.5, 1e-5, (2048, 2048), 90.51),
 }
-ASYMMETRIC = ("byol", "barlow", "mocov3")  # solo-learn's asymmetric.yaml: the second view alone solarized
+ASYMMETRIC = ("byol", "barlow", "dino", "mocov3")  # solo-learn's asymmetric.yaml: the second view alone solarized
 # Shrunk to run here: digits at 16 px, narrow encoder and heads, 2 steps of 16 images.
 TINY = ["data.dataset=digits", "data.image_size_px=16", "data.limit=32", "train.batch_size=16", "train.epochs=1",
         "backbone.width=4", "method.proj_hidden=16", "method.proj_out=8", "train.precision=fp32",
         "train.log_every=1"]  # fmt: skip
 PRED_HIDDEN = {"byol": 16, "mocov3": 16, "simsiam": 4}
+SMALL_HEAD = {base: [f"method.pred_hidden={n}"] for base, n in PRED_HIDDEN.items()} | {"dino": ["method.prototypes=32"]}
 
 
 def test_one_recipe_per_base():
@@ -60,12 +62,17 @@ def test_recipe_holds_solo_learns_settings_and_names_its_source(base):
         256, 1000, "cifar10", 32)  # fmt: skip
     assert (spec.backbone.name, spec.backbone.width, spec.backbone.cifar_stem) == ("resnet18", 64, True)
     assert (spec.augment.solarize_p[0] != spec.augment.solarize_p[1]) == (base in ASYMMETRIC)
+    if base == "dino":  # dino.yaml's head and teacher, and solo-learn's DINO defaults (its 2021 warm-up)
+        m = spec.method
+        assert (m.prototypes, m.momentum_base, m.student_temp, m.teacher_temp_start, m.teacher_temp) == (
+            4096, 0.9995, 0.1, 0.04, 0.07)  # fmt: skip
+        assert (m.teacher_temp_warmup_epochs, m.freeze_last_layer_epochs, m.head_bn) == (50, 1, False)
+        assert spec.augment.local_crops == 0  # asymmetric.yaml: one crop of each pipeline
 
 
 @pytest.mark.parametrize("base", list(SOLO_LEARN))
 def test_recipe_trains_two_steps(base, tmp_path):
-    extra = [f"method.pred_hidden={PRED_HIDDEN[base]}"] if base in PRED_HIDDEN else []
-    spec = load_spec(RECIPES / f"{base}.toml", [*TINY, *extra])
+    spec = load_spec(RECIPES / f"{base}.toml", [*TINY, *SMALL_HEAD.get(base, [])])
     assert spec.optim == load_spec(RECIPES / f"{base}.toml").optim  # the recipe's optimizer, as published
     pretrain(spec, tmp_path / "run", show_progress=False)
     steps = [r for r in runs.read_metrics(tmp_path / "run") if r["kind"] == "step"]

@@ -14,6 +14,7 @@ from affssl.spec.backbone import (
     BackboneSpec,
     classification_models,
     default_patch_px,
+    vit_patch_px,
 )
 from affssl.spec.methods import (
     DEFAULT_AFFINE_WEIGHT,
@@ -79,4 +80,5 @@ __all__ = [
     "load_spec",
     "parse_value",
     "read_toml",
+    "vit_patch_px",
 ]

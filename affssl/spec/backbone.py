@@ -5,6 +5,7 @@ affssl.spec re-exports every name here; affssl.backbones builds the model.
 
 from __future__ import annotations
 
+import re
 from difflib import get_close_matches
 from functools import cache
 
@@ -30,6 +31,15 @@ def default_patch_px(image_size_px: int | None) -> int:
     """The patch side of vit_tiny/vit_small when backbone.patch_px is not given: 4 px for images up to 64 px
     (CIFAR at 32 px: 8×8 tokens, as the CIFAR ViT recipes), else 16 px (ViT-S/16 at 224 px, as DINO)."""
     return 4 if image_size_px is not None and image_size_px <= SMALL_IMAGE_PX else 16
+
+
+def vit_patch_px(spec: BackboneSpec) -> int | None:
+    """The patch side of a ViT encoder (vit_tiny/vit_small: patch_px, once resolved; vit_b_16, vit_h_14…: the
+    number in the name), None for any other model."""
+    if spec.name in SMALL_VITS:
+        return spec.patch_px
+    vit = re.fullmatch(r"vit_[a-z]_(\d+)", spec.name)
+    return int(vit.group(1)) if vit else None
 
 
 @cache

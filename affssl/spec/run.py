@@ -15,7 +15,14 @@ from typing import Any
 
 from pydantic import ValidationError, model_validator
 
-from affssl.spec.backbone import SMALL_VITS, STEM_FAMILY, WIDTH_RESNETS, BackboneSpec, default_patch_px
+from affssl.spec.backbone import (
+    SMALL_VITS,
+    STEM_FAMILY,
+    WIDTH_RESNETS,
+    BackboneSpec,
+    default_patch_px,
+    vit_patch_px,
+)
 from affssl.spec.base import FrozenSpec as _Spec
 from affssl.spec.methods import (
     DEFAULT_AFFINE_WEIGHT,
@@ -59,10 +66,6 @@ class RunSpec(_Spec):
                 f"augment.local_crops = {self.augment.local_crops}, but {self.method.name} has no pairing of "
                 f"local views; use {', '.join(MULTICROP_BASES)} or set augment.local_crops=0"
             )
-        if self.augment.local_crops and self.augment.local_size_px is None:  # solo-learn's 18 px at 32
-            updates["augment"] = self.augment.model_copy(
-                update={"local_size_px": round(self.data.image_size_px * 9 / 16)}
-            )
         if self.backbone.cifar_stem is None:
             stem = self.data.image_size_px <= 64 and self.backbone.name.startswith(STEM_FAMILY)
             updates["backbone"] = self.backbone.model_copy(update={"cifar_stem": stem})
@@ -73,9 +76,26 @@ class RunSpec(_Spec):
                 raise ValueError(f"backbone.patch_px {patch} does not divide data.image_size_px "
                                  f"{self.data.image_size_px}; choose a patch side that does")  # fmt: skip
             updates["backbone"] = backbone.model_copy(update={"patch_px": patch})
+        if self.augment.local_crops:  # the local views' side, after the patch it must fit
+            backbone = updates.get("backbone", self.backbone)
+            updates["augment"] = local_size(self.augment, self.data.image_size_px, backbone)
         for key, value in updates.items():
             object.__setattr__(self, key, value)
         return self
+
+
+def local_size(augment: AugmentSpec, image_size_px: int, backbone: BackboneSpec) -> AugmentSpec:
+    """The local views' side resolved: None → 9/16 of the image (solo-learn's 18 px at 32), for a ViT rounded down
+    to a whole number of patches (16 px at 32 with 4 px patches); a ViT's patch must divide a side given."""
+    patch = vit_patch_px(backbone)
+    size = augment.local_size_px
+    if size is None:
+        size = round(image_size_px * 9 / 16) if patch is None else max(patch, image_size_px * 9 // 16 // patch * patch)
+    elif patch is not None and size % patch:
+        fits = " or ".join(str(s) for s in sorted({max(patch, size // patch * patch), (size // patch + 1) * patch}))
+        raise ValueError(f"augment.local_size_px {size} is not a whole number of {backbone.name}'s {patch} px "
+                         f"patches; set augment.local_size_px={fits}")  # fmt: skip
+    return augment.model_copy(update={"local_size_px": size})
 
 
 # ---------------------------------------------------------------------------------------------
