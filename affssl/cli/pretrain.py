@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from affssl import runlock, runs
+from affssl import loggers, runlock, runs
 from affssl.cli.console import err, friendly, out
 from affssl.cli.options import (
     AffineOpt,
@@ -35,7 +35,9 @@ from affssl.spec import RunSpec, SpecError, build_spec, flatten, parse_value
 # Fields `pretrain --resume` may change: how long, where and how often a run trains, logs and saves,
 # and where its data cache lives; never what it learns from or how. Other fields may be repeated.
 RESUMABLE: tuple[str, ...] = ("train.epochs", "train.device", "train.log_every", "train.checkpoint_every",
-                             "train.checkpoint_every_steps", "train.max_loss", "data.root", "data.cache")  # fmt: skip
+                             "train.checkpoint_every_steps", "train.max_loss", "data.root", "data.cache",
+                             "train.monitor_every", "train.monitor_images", "train.monitor_queries",
+                             "train.loggers")  # fmt: skip
 
 
 @friendly
@@ -76,6 +78,7 @@ def pretrain(
     if print_spec:
         out.print_json(spec.model_dump_json())
         return
+    loggers.require(spec.train.loggers)  # before any folder is made
     run = out_dir or runs.default_name(spec)
     distributed.setup()
     with runlock.hold(run) if distributed.is_main() else contextlib.nullcontext() as stale:
