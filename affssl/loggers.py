@@ -6,9 +6,9 @@ metrics.jsonl stays the source: every record appended to it goes to each logger 
 resolved spec goes as hyper-parameters (dotted field names). Where each writes:
 
     RUN/tensorboard/   TensorBoard event files (`tensorboard --logdir RUN/tensorboard`)
-    RUN/mlruns/        MLflow's file store, unless MLFLOW_TRACKING_URI names a tracking server
+    MLflow             MLflow's tracking URI: MLFLOW_TRACKING_URI, else its default (sqlite:///mlflow.db)
     RUN/wandb/         W&B's run folder; WANDB_MODE=offline keeps it local until `wandb sync`
-    RUN/loggers.json   the MLflow and W&B run ids, so `pretrain --resume` continues the same runs
+    RUN/loggers.json   each logger's run (MLflow's URI and run id, W&B's run id): --resume continues them
 
 On resume TensorBoard starts a new event file that purges what the first one logged after the
 checkpoint's step; MLflow and W&B keep such points (they cannot delete them), so after a run
@@ -19,6 +19,7 @@ A logger that fails while training warns once and is dropped: watching never sto
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from importlib.util import find_spec
@@ -54,14 +55,14 @@ def hyperparameters(spec: RunSpec) -> dict[str, str | int | float | bool]:
 
 
 class TensorBoard:
-    def __init__(self, run: Path, spec: RunSpec, run_id: str | None, resume_step: int | None):
+    def __init__(self, run: Path, spec: RunSpec, state: dict, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
         # purge_step: TensorBoard's readers drop what an earlier writer logged at or after it
         self.writer = SummaryWriter(str(run / "tensorboard"), purge_step=None if resume_step is None else
                                     resume_step + 1)  # fmt: skip
-        self.id = run_id or "tensorboard"
+        self.state = {"logdir": str(run / "tensorboard")}
         if resume_step is None:
             for summary in hparams(hyperparameters(spec), {}):
                 self.writer.file_writer.add_summary(summary)
@@ -75,12 +76,17 @@ class TensorBoard:
 
 
 class MLflow:
-    def __init__(self, run: Path, spec: RunSpec, run_id: str | None, resume_step: int | None):
-        import os
+    """MLflow's own tracking URI (MLFLOW_TRACKING_URI, else its default, sqlite:///mlflow.db in the working
+    folder); a resumed run goes back to the URI and run it started with."""
 
+    def __init__(self, run: Path, spec: RunSpec, state: dict, resume_step: int | None):
+        import mlflow
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or (run / "mlruns").resolve().as_uri())
+        uri = state.get("tracking_uri") or mlflow.get_tracking_uri()
+        self.client = MlflowClient(uri)
+        run_id = state.get("run_id")
         if run_id is None:
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "affssl")
             found = self.client.get_experiment_by_name(name)
@@ -88,16 +94,14 @@ class MLflow:
             run_id = self.client.create_run(experiment, run_name=run.name).info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
-        self.id = run_id
-        from mlflow.entities import Param
-
+        self.id, self.state = run_id, {"tracking_uri": uri, "run_id": run_id}
         logged = self.client.get_run(run_id).data.params
-        params = [Param(k, str(v)) for k, v in hyperparameters(spec).items() if k not in logged]
+        flat = {k: str(v) for k, v in hyperparameters(spec).items()}
+        params = [Param(k, v) for k, v in flat.items() if k not in logged]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
             self.client.log_batch(run_id, params=params[start : start + 100])
-        for k, v in hyperparameters(spec).items():  # a field --resume changed: MLflow never changes a parameter
-            if k in logged and logged[k] != str(v):
-                self.client.set_tag(run_id, f"resumed.{k}", str(v))
+        for k in (k for k, v in flat.items() if k in logged and logged[k] != v):  # MLflow never changes a parameter
+            self.client.set_tag(run_id, f"resumed.{k}", flat[k])  # a field --resume changed (train.epochs)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -110,22 +114,23 @@ class MLflow:
 
 
 class Wandb:
-    def __init__(self, run: Path, spec: RunSpec, run_id: str | None, resume_step: int | None):
-        import os
+    """W&B's own settings (WANDB_MODE, WANDB_PROJECT — default affssl —, WANDB_ENTITY, login); the run's
+    files under RUN/wandb/; a resumed run continues the W&B run of the same id."""
 
+    def __init__(self, run: Path, spec: RunSpec, state: dict, resume_step: int | None):
         import wandb
 
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "affssl"),
             name=run.name,
-            id=run_id or wandb.util.generate_id(),
+            id=state.get("run_id"),  # None: W&B draws one
             resume="allow",
             dir=str(run),
             config=hyperparameters(spec),
             allow_val_change=True,  # a field --resume may change (train.epochs)
             settings=wandb.Settings(console="off"),  # leave the progress bar's terminal alone
         )
-        self.id = self.run.id
+        self.state = {"run_id": self.run.id}
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)
@@ -144,17 +149,17 @@ class Loggers:
         require(spec.train.loggers)
         self.run = run
         path = run / IDS
-        ids = json.loads(path.read_text()) if resume_step is not None and path.is_file() else {}
+        states = json.loads(path.read_text()) if resume_step is not None and path.is_file() else {}
         self.open: dict[str, Any] = {}
         try:
             for name in spec.train.loggers:
-                self.open[name] = KINDS[name](run, spec, ids.get(name), resume_step)
+                self.open[name] = KINDS[name](run, spec, states.get(name, {}), resume_step)
         except Exception as error:
             self.close(ok=False)
             raise UserError(f"could not start the {name} logger ({type(error).__name__}: {error}); "
                             f"fix its settings or drop {name} from train.loggers") from error  # fmt: skip
         if self.open:
-            path.write_text(json.dumps({k: v.id for k, v in self.open.items()}, indent=2) + "\n")
+            path.write_text(json.dumps(states | {k: v.state for k, v in self.open.items()}, indent=2) + "\n")
 
     def log(self, record: dict[str, Any]) -> None:
         """Send one metrics.jsonl record to every logger; one that fails warns once and is dropped."""
@@ -168,6 +173,9 @@ class Loggers:
                 self.open.pop(name)
 
     def close(self, ok: bool = True) -> None:
-        for logger in self.open.values():
-            logger.close(ok)
+        for name, logger in self.open.items():
+            try:
+                logger.close(ok)
+            except Exception as error:  # the run's own files are written; a logger's end is not worth a failure
+                print(f"warning: the {name} logger did not close ({type(error).__name__}: {error})", file=sys.stderr)
         self.open = {}
