@@ -58,7 +58,8 @@ def main() -> None:
           f"{len(data.train.images)} images at {spec.data.image_size_px} px, batch {spec.train.batch_size}, "
           f"{steps_per_epoch} steps an epoch; precision {step.policy.describe()}; monitor: "
           f"{len(subset.bank)} bank, {len(subset.queries)} queries, "
-          f"{0 if subset.phi is None else len(subset.phi)} warps, every {spec.train.monitor_every} epoch(s)")  # fmt: skip
+          f"{0 if subset.phi is None else len(subset.phi)} warps, every {spec.train.monitor_every} epoch(s)",
+          flush=True)  # fmt: skip
 
     step()  # warm-up: allocator, kernels
     watcher.score(step.learner)
