@@ -45,13 +45,27 @@ MONITOR_WARPS = 1000  # queries warped for the head's R²
 
 
 @dataclass(frozen=True)
-class Subset:
-    """The monitor's fixed images (uint8, on the CPU) and labels, picked once per run."""
+class Images:
+    """Rows of a split, indexed on demand: the split's images are not copied (under torchrun they are
+    one memory map shared by the node's processes)."""
 
-    bank: Tensor  # (N, C, S, S) uint8
-    bank_labels: Tensor  # (N,) int64
-    queries: Tensor  # (M, C, S, S) uint8
-    query_labels: Tensor  # (M,) int64
+    source: Tensor  # (n_split, C, S, S) uint8, the split's images
+    index: Tensor  # (n,) int64 rows of source
+    labels: Tensor  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        return self.source[self.index[start:stop]]  # (stop − start, C, S, S) uint8
+
+
+@dataclass(frozen=True)
+class Subset:
+    """The monitor's fixed images and labels, picked once per run."""
+
+    bank: Images  # N training images
+    queries: Images  # M test (or held-out training) images
     phi: Tensor | None  # (W, 6) warps of the first W queries; None with the module off
     n_classes: int
 
@@ -71,7 +85,7 @@ def pick(data: Dataset, spec: RunSpec) -> Subset | None:
     if test is not None and test.labels is not None and len(test.labels):
         bank = _stratified(train.labels, min(n_bank, n_train), gen)  # (N,) sorted
         query = _stratified(test.labels, min(n_query, len(test.labels)), gen)  # (M,)
-        queries, query_labels = test.images[query], test.labels[query]
+        queries = Images(test.images, query, test.labels[query])
     else:  # hold queries out of train, the bank from the rest
         if n_train < 2:
             return None
@@ -80,12 +94,12 @@ def pick(data: Dataset, spec: RunSpec) -> Subset | None:
         rest[query] = False
         rest = rest.nonzero().squeeze(1)  # (n_train − M,)
         bank = rest[_stratified(train.labels[rest], min(n_bank, len(rest)), gen)]
-        queries, query_labels = train.images[query], train.labels[query]
+        queries = Images(train.images, query, train.labels[query])
     phi = None
     if spec.affine.enabled:
         phi = affine.sample(min(MONITOR_WARPS, len(query)), spec.affine, spec.data.image_size_px, gen)  # (W, 6)
-    n_classes = int(max(train.labels.max(), query_labels.max())) + 1
-    return Subset(train.images[bank], train.labels[bank], queries, query_labels, phi, n_classes)
+    n_classes = int(max(train.labels.max(), queries.labels.max())) + 1
+    return Subset(Images(train.images, bank, train.labels[bank]), queries, phi, n_classes)
 
 
 def due(spec: RunSpec, epoch: int) -> bool:
@@ -113,8 +127,8 @@ class Monitor:
                 dim = encoder.feat_dim
                 h_bank = self.embed(encoder, s.bank, dim)  # (N, F)
                 h_query = self.embed(encoder, s.queries, dim)  # (M, F)
-                pred = knn_predict(h_bank, s.bank_labels.to(self.device), h_query, (K,), TEMPERATURE, s.n_classes)
-                top1 = 100.0 * float((pred[K].cpu() == s.query_labels).double().mean())
+                pred = knn_predict(h_bank, s.bank.labels.to(self.device), h_query, (K,), TEMPERATURE, s.n_classes)
+                top1 = 100.0 * float((pred[K].cpu() == s.queries.labels).double().mean())
                 out = {"monitor_knn_top1": top1}
                 if s.phi is not None and learner.head is not None:
                     out |= self.head_r2(learner, h_query[: len(s.phi)])
@@ -130,7 +144,7 @@ class Monitor:
         encoder: Callable[[Tensor], Tensor] = learner.backbone
         if spec.location == "projector":
             encoder, h = learner.embedded, learner.method.embed(h)  # (W, D)
-        h_warped = self.embed(encoder, s.queries[: len(phi)], learner.head.feat_dim, phi)  # (W, D)
+        h_warped = self.embed(encoder, s.queries, learner.head.feat_dim, phi)  # (W, D): the first W queries
         pred = batch_stat_forward(learner.head, affine.aggregate(h, h_warped, spec.aggregation)).float()  # (W, k)
         target = affine.targets(phi, spec, self.spec.data.image_size_px)  # (W, k)
         cols = r2_per_column(target, pred)  # (k,)
@@ -141,18 +155,18 @@ class Monitor:
             i += width
         return out
 
-    def embed(self, encoder: Callable[[Tensor], Tensor], images: Tensor, dim: int, phi: Tensor | None = None) -> Tensor:
-        """Features (n, dim) float32 on the device of uint8 images (n, C, S, S), warped by φ (n, 6) first if given.
+    def embed(self, encoder: Callable[[Tensor], Tensor], images: Images, dim: int, phi: Tensor | None = None) -> Tensor:
+        """Features (n, dim) float32 on the device of the images; with φ (n, 6), of the first n warped by it.
 
         The batches are dealt round-robin to the processes and the features gathered back in order.
         """
-        n, world, rank = len(images), distributed.world_size(), distributed.rank()
+        n, world, rank = len(images) if phi is None else len(phi), distributed.world_size(), distributed.rank()
         n_batches = -(-n // self.batch)
         slots = -(-n_batches // world)  # batches per process, the last ones padded
         mine = torch.zeros(slots, self.batch, dim, device=self.device)  # (slots, B, dim)
         for k, j in enumerate(range(rank, n_batches, world)):
             rows = slice(j * self.batch, min(n, (j + 1) * self.batch))
-            x = images[rows].to(self.device, non_blocking=True).float().div_(255)  # (b, C, S, S)
+            x = images.rows(rows.start, rows.stop).to(self.device, non_blocking=True).float().div_(255)  # (b, C, S, S)
             if phi is not None:
                 x = affine.warp(x, phi[rows], self.spec.affine)
             with self.policy.autocast():

@@ -71,15 +71,20 @@ def test_subset_is_fixed_stratified_and_disjoint_without_a_test_split():
     spec = tiny("train.monitor_images=60", "train.monitor_queries=30")
     data = toy_data(150, None)
     a, b = monitor.pick(data, spec), monitor.pick(data, spec)
-    assert torch.equal(a.bank, b.bank) and torch.equal(a.queries, b.queries) and torch.equal(a.phi, b.phi)
+    assert torch.equal(a.bank.index, b.bank.index) and torch.equal(a.queries.index, b.queries.index)
+    assert torch.equal(a.phi, b.phi)
     assert len(a.bank) == 60 and len(a.queries) == 30 and a.phi.shape == (30, 6)
-    assert a.bank_labels.bincount().tolist() == [20, 20, 20] and a.query_labels.bincount().tolist() == [10] * 3
-    bank = {tuple(x.flatten().tolist()) for x in a.bank}
-    assert not bank & {tuple(x.flatten().tolist()) for x in a.queries}  # held out of the bank
+    assert a.bank.source is data.train.images and a.queries.source is data.train.images  # indexed, not copied
+    assert torch.equal(a.bank.labels, data.train.labels[a.bank.index])
+    assert a.bank.labels.bincount().tolist() == [20, 20, 20] and a.queries.labels.bincount().tolist() == [10] * 3
+    assert not set(a.bank.index.tolist()) & set(a.queries.index.tolist())  # held out of the bank
     other = monitor.pick(data, tiny("train.monitor_images=60", "train.monitor_queries=30", "train.seed=1"))
-    assert not torch.equal(a.bank, other.bank)
-    with_test = monitor.pick(toy_data(150, 45), spec)
-    assert len(with_test.queries) == 30 and len(with_test.bank) == 60
+    assert not torch.equal(a.bank.index, other.bank.index)
+    test_data = toy_data(150, 45)
+    with_test = monitor.pick(test_data, spec)
+    assert (
+        len(with_test.queries) == 30 and len(with_test.bank) == 60 and with_test.queries.source is test_data.test.images
+    )
     assert monitor.pick(data, tiny("train.monitor_every=0")) is None
     assert monitor.pick(Dataset("x", Split(data.train.images, None), None, ()), spec) is None
     assert monitor.pick(data, tiny("affine.enabled=false")).phi is None
@@ -102,12 +107,11 @@ def test_scores_match_naive_knn_and_the_equivariance_probe(location):
     assert all(m.training for m in learner.modules())  # train mode restored
     assert all(torch.equal(state[k], v) for k, v in learner.state_dict().items())  # no running statistic moved
     reference = trained_looking(spec).eval()
+    bank, queries = (s.source[s.index].float() / 255 for s in (subset.bank, subset.queries))
     with torch.no_grad():
-        h_bank = reference.backbone(subset.bank.float() / 255)
-        h_query = reference.backbone(subset.queries.float() / 255)
-        warped = affine.warp(subset.queries[: len(subset.phi)].float() / 255, subset.phi, spec.affine)
-        h_warped = reference.backbone(warped)
-    top1 = naive_knn_top1(h_bank, subset.bank_labels, h_query, subset.query_labels)
+        h_bank, h_query = reference.backbone(bank), reference.backbone(queries)
+        h_warped = reference.backbone(affine.warp(queries[: len(subset.phi)], subset.phi, spec.affine))
+    top1 = naive_knn_top1(h_bank, subset.bank.labels, h_query, subset.queries.labels)
     assert scores["monitor_knn_top1"] == pytest.approx(top1, abs=1e-9)
     embed = reference.method.embed if location == "projector" else None
     expected = head_r2(reference.head.mlp, embed, h_query[: len(subset.phi)], h_warped, subset.phi, spec.affine, 16)
