@@ -34,9 +34,10 @@ def draw(run: Path) -> Path:
     from matplotlib.figure import Figure
 
     records = runs.read_metrics(run)
-    fig = Figure(figsize=SIZE_IN, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=SIZE_IN, dpi=DPI)
     FigureCanvasAgg(fig)
-    ax = fig.subplots(2, 3).ravel()
+    margins = {"left": 0.06, "right": 0.98, "bottom": 0.08, "top": 0.9, "wspace": 0.28, "hspace": 0.42}
+    ax = fig.subplots(2, 3, gridspec_kw=margins).ravel()  # fixed margins: no layout pass, one draw
     for term in LOSS_TERMS:
         ax[0].plot(*series(records, "step", term), label=term)
     _finish(ax[0], "loss (epoch running mean)", "step", legend=True)
