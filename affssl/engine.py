@@ -26,12 +26,13 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from affssl import checkpoint, convguard, distributed, faults, hostmem, precision, runenv, runs
+from affssl import checkpoint, convguard, distributed, faults, hostmem, loggers, monitor, precision, runenv, runs
 from affssl.data import Dataset, batches, storage
 from affssl.errors import UserError
 from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
 from affssl.spec import RunSpec
+from affssl.watch import Watch
 
 PURPOSES = {"order": 0, "views": 1, "affine": 2}
 
@@ -65,6 +66,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
              data: Dataset | None = None) -> Path:  # fmt: skip
     """Train per spec into the run folder; returns the path of the last checkpoint."""
     spec, threads_line = runenv.apply_threads(spec)  # train.threads resolved: what spec.json and checkpoints keep
+    loggers.require(spec.train.loggers)  # a missing extra stops the run before anything is written
     torch.manual_seed(spec.train.seed)  # initial weights
     device = resolve_device(spec.train.device)
     if device.type == "cpu":
@@ -90,12 +92,12 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     learner = learner.to(memory_format=policy.memory_format)  # conv weights; activations follow them
     guarded = convguard.protect(learner, "backbone", crop_sizes(spec), spec.train.precision, policy.dtype, device)
     optimizer = build_optimizer(learner.optim_groups(), spec.optim, fused=device.type == "cuda")
-    start_epoch, position, notes = 0, None, [threads_line if show_progress else None]
+    start_epoch, position, resume_step, notes = 0, None, None, [threads_line if show_progress else None]
     if resume:
         tensors, header = checkpoint.load(run / runs.LAST, expect=checkpoint.TRAIN_FORMAT)
         learner.load_state_dict(checkpoint.strip_prefix("model", tensors), strict=True)
         checkpoint.restore_optimizer(optimizer, tensors)
-        start_epoch = int(header["epoch"])
+        start_epoch, resume_step = int(header["epoch"]), int(header["step"])
         notes.append(runenv.resume_line(header))
         position = read_position(run / runs.LAST, header, tensors, device)
         if distributed.is_main():  # lines past the checkpoint are replayed, not duplicated
@@ -104,8 +106,13 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     elif distributed.is_main():
         run.mkdir(parents=True, exist_ok=True)
         runs.write_spec(run, spec)
-        overhead = counts["head"] / counts["total"]
-        runs.append_metrics(run, {"kind": "params", **counts, "head_overhead_frac": overhead})
+    # fixed images for the online kNN; None: off, no labels, or chunk storage (no decoded set in memory)
+    subset = monitor.pick(feed.data, spec) if isinstance(feed, storage.TensorFeed) else None
+    if spec.train.monitor_every and not isinstance(feed, storage.TensorFeed) and show_progress:
+        notes.append("no online monitor on chunk storage (the decoded set is not in memory); score the "
+                     "epoch checkpoints with `affssl eval knn`")  # fmt: skip
+    watcher = monitor.Monitor(subset, spec, policy, device) if subset is not None else None
+    watch, shown = Watch(run, spec, resume_step), ""
 
     # Notes once the run is sure to start (an error before it stays one line): threads, load, guarded layers.
     notes.append(runenv.busy_line(spec.train.threads, device))
@@ -135,7 +142,9 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                         TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
                         disable=not (show_progress and distributed.is_main()))  # fmt: skip
     done = position.done if position else 0
-    with progress, faults.StopSignals() as stop:
+    with watch, progress, faults.StopSignals() as stop:
+        if not resume:
+            watch.record({"kind": "params", **counts, "head_overhead_frac": counts["head"] / counts["total"]})
         task = progress.add_task("pretrain", total=total_steps, completed=start_epoch * steps_per_epoch + done,
                                  status="")  # fmt: skip
         for epoch in range(start_epoch, spec.train.epochs):
@@ -180,9 +189,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                     record |= {"epoch": epoch + 1, "step": step + 1, "lr": optimizer.param_groups[0]["lr"],
                                "img_per_s": n_steps * spec.train.batch_size / (now - t_log)}  # fmt: skip
                     t_log = now
-                    if distributed.is_main():
-                        runs.append_metrics(run, {"kind": "step", **record})
-                    progress.update(task, status=f"loss {record['loss']:.4f}  {record['img_per_s']:.0f} img/s")
+                    watch.record({"kind": "step", **record})
+                    progress.update(task, status=f"loss {record['loss']:.4f}  {record['img_per_s']:.0f} img/s{shown}")
                 progress.advance(task)
                 if world == 1 and stop.signum:  # one process: stop after this very step
                     signum = agree(guard, stop, optimizer.param_groups[0]["lr"])
@@ -197,8 +205,11 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
             summary |= {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "epoch_time_s": seconds,
                         "img_per_s": steps_per_epoch * spec.train.batch_size / seconds}  # fmt: skip
             check_finite(learner, optimizer, summary["step"], guard)
+            scores = watcher.score(learner) if watcher and monitor.due(spec, epoch + 1) else {}  # all ranks
+            shown = f"  {monitor.describe(scores)}" if scores else shown
+            watch.record({"kind": "epoch", **summary, **scores})
+            watch.epoch_end()
             if distributed.is_main():
-                runs.append_metrics(run, {"kind": "epoch", **summary})
                 save_checkpoint(last, learner, optimizer, spec, summary)
                 if (epoch + 1) % spec.train.checkpoint_every == 0 or epoch + 1 == spec.train.epochs:
                     save_checkpoint(runs.epoch_checkpoint(run, epoch + 1), learner, optimizer, spec, summary)

@@ -4,6 +4,8 @@ RUN/spec.json          resolved spec, written before training starts
 RUN/metrics.jsonl      one JSON object per logged interval and per epoch
 RUN/last.safetensors   latest checkpoint; RUN/epoch-NNNN.safetensors every N epochs
 RUN/eval/*.json        results written by `affssl eval`
+RUN/curves.png         the run's curves, redrawn after each epoch (affssl.curves)
+RUN/loggers.json       the runs of train.loggers, continued on --resume (affssl.loggers)
 RUN/.lock              present while a command writes the run (affssl.runlock)
 
 A write that fails (full disk, read-only folder) ends in one line naming the file and the free

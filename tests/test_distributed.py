@@ -233,10 +233,11 @@ def test_torchrun_rank0_writes_one_checkpoint_set_then_resumes(tmp_path):
     first = torchrun(run, "--epochs", "1", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.count("done") == 1  # only rank 0 prints
-    assert sorted(p.name for p in run.iterdir()) == ["epoch-0001.safetensors", "last.safetensors", runs.METRICS,
-                                                     runs.SPEC]  # fmt: skip
+    assert sorted(p.name for p in run.iterdir()) == ["curves.png", "epoch-0001.safetensors", "last.safetensors",
+                                                     runs.METRICS, runs.SPEC]  # fmt: skip
     kinds = [r["kind"] for r in runs.read_metrics(run)]
     assert kinds.count("params") == 1 and kinds.count("epoch") == 1  # one writer
+    assert "monitor_knn_top1" in runs.read_metrics(run)[-1]  # the online monitor, scored by both processes
 
     again = torchrun(run, "--epochs", "1", env=env)  # rank 0 refuses the full folder; rank 1 must not hang
     assert again.returncode != 0 and "already holds files" in again.stderr

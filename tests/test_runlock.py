@@ -85,7 +85,8 @@ def test_a_stale_lock_alone_does_not_make_the_folder_busy(tmp_path, monkeypatch)
     (run / runs.LOCK).write_text("pid 999999 on elsewhere since 2020-01-01 00:00:00\n")
     result = invoke("--out", run, *TINY)  # no --overwrite needed
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in run.iterdir()) == ["epoch-0001.safetensors", runs.LAST, runs.METRICS, runs.SPEC]
+    assert sorted(p.name for p in run.iterdir()) == ["curves.png", "epoch-0001.safetensors", runs.LAST, runs.METRICS,
+                                                     runs.SPEC]  # fmt: skip
 
 
 def test_out_naming_a_file_is_one_line(tmp_path):

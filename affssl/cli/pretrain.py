@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from affssl import runlock, runs
+from affssl import loggers, runlock, runs
 from affssl.cli.console import err, friendly, out
 from affssl.cli.options import (
     AffineOpt,
@@ -38,7 +38,8 @@ from affssl.spec.run import to_toml
 # that); never what it learns from or how. Other fields may be repeated.
 RESUMABLE: tuple[str, ...] = ("train.epochs", "train.device", "train.log_every", "train.checkpoint_every",
                              "train.checkpoint_every_steps", "train.max_loss", "train.threads", "data.root",
-                             "data.cache", "data.workers")  # fmt: skip
+                             "data.cache", "data.workers", "train.monitor_every", "train.monitor_images",
+                             "train.monitor_queries", "train.loggers")  # fmt: skip
 
 
 @friendly
@@ -88,6 +89,7 @@ def pretrain(
     if preview is not None:
         _preview(spec, preview, progress)
         return
+    loggers.require(spec.train.loggers)  # before any folder is made
     run = out_dir or runs.default_name(spec)
     distributed.setup()
     # Inputs first: nothing is created (run folder, lock) for a run whose folder or data cannot be used.

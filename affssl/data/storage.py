@@ -39,10 +39,11 @@ IN_MEMORY = ("digits", *TORCHVISION)
 
 
 class TensorFeed:
-    """The tensor storage: the decoded set on the device, batches by indexing."""
+    """The tensor storage: the decoded set on the device, batches by indexing; `data` the loaded set (host)."""
 
-    def __init__(self, images: Tensor, device: torch.device):
-        self.images = images.to(device)  # (N, C, S, S) uint8, resident for the whole run
+    def __init__(self, data: Dataset, device: torch.device):
+        self.data = data
+        self.images = data.train.images.to(device)  # (N, C, S, S) uint8, resident for the whole run
         self.count = self.images.shape[0]
 
     def epoch(self, batches: list[Tensor], lo: int, hi: int, skip: int) -> Iterator[tuple[Tensor, None]]:
@@ -57,7 +58,7 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
     if storage == "tensor":
         data = data or load_dataset(spec.data, seed=spec.train.seed, progress=progress)
         _say(choice)  # once the data loaded: an error stays the run's one line
-        return _with(spec, storage=storage), TensorFeed(data.train.images, device)
+        return _with(spec, storage=storage), TensorFeed(data, device)
     from affssl.data.chunkread import ChunkFeed, default_workers, open_chunks
 
     chunks = open_chunks(written(spec.data, progress))

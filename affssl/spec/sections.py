@@ -201,6 +201,16 @@ class TrainSpec(_Spec):
         description="torch's CPU threads; auto: the CPUs of the affinity mask capped by the cgroup CPU quota "
         "(and OMP_NUM_THREADS); RUN/spec.json stores the number used",
     )
+    monitor_every: int = Field(
+        1, ge=0, description="epochs between the online kNN (and affine R²) scores on a fixed labelled subset; 0: off"
+    )
+    monitor_images: int = Field(10_000, ge=1, description="training images in the online kNN's bank")
+    monitor_queries: int = Field(
+        2_000, ge=1, description="test images the online kNN classifies (held out of train without a test split)"
+    )
+    loggers: tuple[Literal["tensorboard", "mlflow", "wandb"], ...] = Field(
+        (), description="also log metrics.jsonl's records to these (each an extra: pip install 'affssl[NAME]')"
+    )
 
     @model_validator(mode="before")
     @classmethod
