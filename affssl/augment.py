@@ -1,8 +1,10 @@
-"""The base methods' two views (paper §2.3), built for a whole batch on its device with tensor ops.
+"""The base methods' two views (paper §2.3) and multi-crop's local views, built for a whole batch on its device.
 
 Per view: RandomResizedCrop(scale, ratio) → HorizontalFlip(p) → RandomApply(ColorJitter(b, c, s, h), p)
 → RandomGrayscale(p) → GaussianBlur(int(frac·size), σ ~ U(σ_lo, σ_hi)) with p per view → Solarize(0.5) with p
-per view. No mean/std normalisation; views are float32 in [0, 1].
+per view. No mean/std normalisation; views are float32 in [0, 1]. Local views (augment.local_crops of them,
+SwAV/DINO multi-crop) take the same pipeline at local_size_px with their own crop scale, blur and solarize
+probabilities, all of them in one batched pass, drawn after the global views from the same generator.
 
 Read top to bottom: `views` and `view` (the pipeline), then the parameter samplers, then the ops. Each op takes
 per-sample parameter tensors and matches `torchvision.transforms.v2.functional` applied image by image on float
@@ -18,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from affssl.data import crops
 from affssl.precision import fp32
-from affssl.spec import AugmentSpec
+from affssl.spec import AugmentSpec, Range
 
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2 weights, as torchvision's rgb_to_grayscale
 CROP_ATTEMPTS = 10  # RandomResizedCrop's tries before its centre-crop fallback
@@ -27,33 +30,69 @@ SOLARIZE_THRESHOLD = 0.5
 
 
 @fp32
-def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """x: (B, C, H, W) uint8 on the training device (C = 3). Returns two float32 views in [0, 1], each (B, C, H, W)."""
+def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator, sizes: Tensor | None = None,
+          size_px: int | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """x: (B, C, H, W) uint8 on the training device (C = 3). Returns two float32 views in [0, 1], each (B, C, S, S).
+
+    Square stored images (the tensor storage): sizes None, S = H. Whole images of several sizes (the chunks
+    storage): x zero-padded, sizes (B, 2) int64 each image's (height, width), S = size_px (affssl.data.crops).
+    """
     xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]
-    return view(xf, spec, gen, 0), view(xf, spec, gen, 1)
+    return view(xf, spec, gen, 0, sizes, size_px), view(xf, spec, gen, 1, sizes, size_px)
 
 
-def view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, index: int) -> Tensor:
+@fp32
+def local_views(x: Tensor, spec: AugmentSpec, gen: torch.Generator, sizes: Tensor | None = None) -> Tensor:
+    """x: (B, C, H, W) uint8 → spec.local_crops local views, (N·B, C, s, s) float32 in [0, 1], s = local_size_px.
+
+    Row c·B + i is local view c of image i. One batched pass for all of them; call it after `views` with the
+    same generator (a run without local views draws nothing here, so its global views are unchanged).
+    sizes: as for `views` (whole images of several sizes, zero-padded: each image's (height, width)).
+    """
+    xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]
+    size = (spec.local_size_px, spec.local_size_px)
+    return crop_view(xf, spec, gen, spec.local_crops, size, spec.local_crop_scale, spec.local_blur_p,
+                     spec.local_solarize_p, sizes)  # fmt: skip
+
+
+def view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, index: int, sizes: Tensor | None = None,
+         size_px: int | None = None) -> Tensor:  # fmt: skip
     """One view; x float32 in [0, 1] (B, C, H, W); index 0 or 1 selects blur_p[index] and solarize_p[index]."""
-    B, _, H, W = x.shape
-    # Draw everything first, whatever the spec, so switching one op off leaves the others' randomness unchanged.
-    boxes = crop_boxes(B, H, W, spec.crop_scale, spec.crop_ratio, gen)  # (B, 4) px
-    flip = _coin(B, spec.flip_p, gen)  # (B,) bool
-    jitter = jitter_params(B, spec, gen)  # apply (B,), factors (B, 4), order (B, 4)
-    grey = _coin(B, spec.grayscale_p, gen)  # (B,) bool
-    sigma_px = _uniform(B, spec.blur_sigma, gen)  # (B,)
-    blur = _coin(B, spec.blur_p[index], gen)  # (B,) bool
-    solar = _coin(B, spec.solarize_p[index], gen)  # (B,) bool
-    kernel_px = blur_kernel_px(H, spec.blur_kernel_frac)
+    size = (x.shape[2], x.shape[3]) if sizes is None else (size_px, size_px)
+    return crop_view(x, spec, gen, 1, size, spec.crop_scale, spec.blur_p[index], spec.solarize_p[index], sizes)
 
-    x = resized_crop_flip(x, boxes, flip, (H, W))  # (B, C, H, W)
+
+def crop_view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, copies: int, size: tuple[int, int],
+              scale: Range, blur_p: float, solarize_p: float, sizes: Tensor | None = None) -> Tensor:  # fmt: skip
+    """`copies` views of each image of x (B, C, H, W) at size (H_out, W_out) → (copies·B, C, H_out, W_out).
+
+    Row c·B + i is view c of image i; crops take `scale` of the area, blur and solarize their own probabilities.
+    sizes None: x holds square stored images, boxes drawn in (H, W); else (B, 2) each zero-padded image's own
+    (height, width), boxes drawn in it with the same random numbers (affssl.data.crops).
+    """
+    B, _, H, W = x.shape
+    n = copies * B
+    # Draw everything first, whatever the spec, so switching one op off leaves the others' randomness unchanged.
+    if sizes is None:
+        boxes = crop_boxes(n, H, W, scale, spec.crop_ratio, gen)  # (n, 4) px
+    else:
+        boxes = crops.crop_boxes(sizes.repeat(copies, 1), scale, spec.crop_ratio, gen)  # (n, 4) px
+    flip = _coin(n, spec.flip_p, gen)  # (n,) bool
+    jitter = jitter_params(n, spec, gen)  # apply (n,), factors (n, 4), order (n, 4)
+    grey = _coin(n, spec.grayscale_p, gen)  # (n,) bool
+    sigma_px = _uniform(n, spec.blur_sigma, gen)  # (n,)
+    blur = _coin(n, blur_p, gen)  # (n,) bool
+    solar = _coin(n, solarize_p, gen)  # (n,) bool
+    kernel_px = blur_kernel_px(size[0], spec.blur_kernel_frac)
+
+    x = resized_crop_flip(x, boxes, flip, size)  # (n, C, H_out, W_out)
     if spec.jitter_p > 0:
         x = color_jitter(x, *jitter)
     if spec.grayscale_p > 0:
         x = torch.where(grey[:, None, None, None], grayscale(x), x)
-    if kernel_px >= 3 and spec.blur_p[index] > 0:
+    if kernel_px >= 3 and blur_p > 0:
         x = torch.where(blur[:, None, None, None], gaussian_blur(x, sigma_px, kernel_px), x)
-    if spec.solarize_p[index] > 0:
+    if solarize_p > 0:
         x = torch.where(solar[:, None, None, None], solarize(x, SOLARIZE_THRESHOLD), x)
     return x
 
@@ -124,15 +163,18 @@ def blur_kernel_px(size_px: int, frac: float) -> int:
 
 
 def resized_crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int, int]) -> Tensor:
-    """Crop (B, 4) boxes (top, left, height, width px), resize to size (H_out, W_out), mirror where flip (B,) bool.
+    """Crop (n, 4) boxes (top, left, height, width px), resize to size (H_out, W_out), mirror where flip (n,) bool.
 
-    One affine_grid + grid_sample (bilinear, align_corners=False). Sampling points are clamped to the box's edge
-    pixel centres, as F.interpolate clamps to the crop's border, so each sample equals torchvision's
-    resized_crop(..., BILINEAR, antialias=False) followed by hflip where flip is set.
+    n = k·B: k crops of each of x's B images, crop c of image i in row c·B + i. One affine_grid + grid_sample
+    (bilinear, align_corners=False); with k > 1 each image's k sampling grids are laid side by side, so x is
+    never copied. Sampling points are clamped to the box's edge pixel centres, as F.interpolate clamps to the
+    crop's border, so each sample equals torchvision's resized_crop(..., BILINEAR, antialias=False) followed
+    by hflip where flip is set.
     """
     B, C, H, W = x.shape
-    top, left, h, w = boxes.to(x.dtype).unbind(1)  # (B,) px each
-    sign = 1 - 2 * flip.to(x.dtype)  # (B,) −1 mirrors the output
+    n, k = boxes.shape[0], boxes.shape[0] // B
+    top, left, h, w = boxes.to(x.dtype).unbind(1)  # (n,) px each
+    sign = 1 - 2 * flip.to(x.dtype)  # (n,) −1 mirrors the output
     zero = torch.zeros_like(h)
     # output normalised u ↦ input normalised (w/W)·u + (2·left + w)/W − 1, likewise for rows
     theta = torch.stack(
@@ -141,12 +183,17 @@ def resized_crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: tuple[int, i
             torch.stack([zero, h / H, (2 * top + h) / H - 1], 1),
         ],
         1,
-    )  # (B, 2, 3)
-    grid = F.affine_grid(theta, [B, C, *size], align_corners=False)  # (B, H_out, W_out, 2) as (x, y)
-    lo = torch.stack([(2 * left + 1) / W - 1, (2 * top + 1) / H - 1], 1)  # (B, 2) first pixel centre
-    hi = torch.stack([(2 * (left + w) - 1) / W - 1, (2 * (top + h) - 1) / H - 1], 1)  # (B, 2) last pixel centre
+    )  # (n, 2, 3)
+    grid = F.affine_grid(theta, [n, C, *size], align_corners=False)  # (n, H_out, W_out, 2) as (x, y)
+    lo = torch.stack([(2 * left + 1) / W - 1, (2 * top + 1) / H - 1], 1)  # (n, 2) first pixel centre
+    hi = torch.stack([(2 * (left + w) - 1) / W - 1, (2 * (top + h) - 1) / H - 1], 1)  # (n, 2) last pixel centre
     grid = grid.clamp(min=lo[:, None, None], max=hi[:, None, None])
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (B, C, H_out, W_out)
+    if k == 1:
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (n, C, Ho, Wo)
+    Ho, Wo = size
+    grid = grid.view(k, B, Ho, Wo, 2).permute(1, 2, 0, 3, 4).reshape(B, Ho, k * Wo, 2)  # crops side by side
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (B, C, Ho, k·Wo)
+    return out.view(B, C, Ho, k, Wo).permute(3, 0, 1, 2, 4).reshape(n, C, Ho, Wo)
 
 
 def color_jitter(x: Tensor, apply: Tensor, factors: Tensor, order: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""The training loop: data in memory → batched views on the device → step → log → checkpoint.
+"""The training loop: data (on the device, or read from chunks) → batched views on the device → step → log.
 
 Randomness is explicit and derived, per epoch, from (seed, purpose, epoch[, rank]): the data
 order, the views and the affine parameters each have their own generator. Resuming from the
@@ -6,7 +6,8 @@ checkpoint of epoch e therefore replays epochs e+1… exactly, with no generator
 A checkpoint written inside an epoch (a stop signal, train.checkpoint_every_steps) also holds
 its position: the batches done, every process's view and affine generator states and running
 metric sums. The epoch's permutation is drawn whole at its start, so resuming re-draws it and
-skips the batches done; the run then ends bit-identical to one never stopped (on CPU).
+skips the batches done; the run then ends bit-identical to one never stopped (on CPU). Both
+storages (affssl.data.storage) take their batches from that permutation.
 
 Faults (affssl.faults): a loss that is not finite or above train.max_loss stops the run before
 the optimizer steps on it; SIGTERM/SIGINT/SIGUSR1 finish the step, write a step checkpoint and
@@ -26,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from affssl import checkpoint, distributed, faults, hostmem, precision, runs
-from affssl.data import Dataset, batches, load_dataset
+from affssl.data import Dataset, batches, storage
 from affssl.errors import UserError
 from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
@@ -67,15 +68,15 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     device = resolve_device(spec.train.device)
     if device.type == "cpu":
         hostmem.keep_freed_memory()  # no page faults on activations every step (see hostmem)
-    data = data or load_dataset(spec.data, seed=spec.train.seed, progress=show_progress and distributed.is_main())
-    images = data.train.images.to(device)  # (N, C, S, S) uint8, resident for the whole run
+    # data.storage resolved; the feed holds the decoded set on the device (tensor) or reads chunks (chunks)
+    spec, feed = storage.prepare(spec, device, data, progress=show_progress and distributed.is_main())
     world, rank = distributed.world_size(), distributed.rank()
     if spec.train.batch_size % world:
         raise UserError(f"train.batch_size {spec.train.batch_size} must divide by the {world} processes")
-    steps_per_epoch = images.shape[0] // spec.train.batch_size
+    steps_per_epoch = feed.count // spec.train.batch_size
     if steps_per_epoch == 0:
         raise UserError(
-            f"{images.shape[0]} training images are fewer than one batch of {spec.train.batch_size}; "
+            f"{feed.count} training images are fewer than one batch of {spec.train.batch_size}; "
             "lower --batch-size or raise --limit"
         )
     total_steps = steps_per_epoch * spec.train.epochs
@@ -130,6 +131,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                                  status="")  # fmt: skip
         for epoch in range(start_epoch, spec.train.epochs):
             learner.train()
+            learner.start_epoch(epoch)
             g_order = generator(spec.train.seed, "order", epoch, device)
             g_views = generator(spec.train.seed, "views", epoch, device, rank)
             g_affine = generator(spec.train.seed, "affine", epoch, device, rank)
@@ -141,21 +143,22 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                 sums, skip, position = dict(position.sums), position.done, None
             t_epoch = t_log = time.perf_counter()
             signum = 0
-            for i, index in enumerate(batches(images.shape[0], spec.train.batch_size, g_order)):
-                if i < skip:
-                    continue  # trained before the checkpoint (the permutation was drawn whole)
+            order = list(batches(feed.count, spec.train.batch_size, g_order))  # the permutation, drawn whole
+            lo, hi = rank * local_batch, (rank + 1) * local_batch  # this process's rows of each batch
+            for i, (x, sizes) in enumerate(feed.epoch(order, lo, hi, skip), start=skip):  # skip: trained before
                 step = epoch * steps_per_epoch + i
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, steps_per_epoch, spec.optim) * group["lr_scale"]
-                x = images[index[rank * local_batch : (rank + 1) * local_batch]]  # (b, C, S, S) uint8
-                with policy.autocast():
-                    loss, parts = step_fn(x, g_views, g_affine)
+                with policy.autocast():  # x: (b, C, S, S) uint8, or whole images padded with their sizes (b, 2)
+                    loss, parts = step_fn(x, g_views, g_affine) if sizes is None else step_fn(x, g_views, g_affine,
+                                                                                              sizes)  # fmt: skip
                 guard.observe(step, parts)
                 save_now = every is not None and (step + 1) % every == 0 and i + 1 < steps_per_epoch
                 if (i + 1) % sync_every == 0 or i + 1 == steps_per_epoch or save_now:
                     signum = agree(guard, stop, optimizer.param_groups[0]["lr"])  # raises Diverged
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                learner.before_update()
                 optimizer.step()
                 learner.method.after_step(learner.backbone, (step + 1) / total_steps)
                 for k, v in parts.items():

@@ -3,6 +3,7 @@
     v1, v2 = views(x)                          # the base method's two augmented views
     h1, h2 = f(v1), f(v2)                      # encoder features (B, F)
     loss_ssl = method(h1, h2, v1, v2)          # projector / predictor / loss of the base
+                                               # (multi-crop: + f(local_views(x)), all local views at once)
     φ ~ U(ranges); v1t = A_φ(v1); h1t = f(v1t) # the third image, made from view 1 only
     loss = loss_ssl + λ · mse(head(h1 − h1t), target(φ))
 
@@ -39,12 +40,24 @@ class Learner(nn.Module):
         else:
             self.head = None
 
-    def forward(self, x: Tensor, g_views: torch.Generator, g_affine: torch.Generator) -> tuple[Tensor, dict]:
-        """x: (B, C, H, W) uint8 on the device → total loss and its detached parts."""
+    def forward(self, x: Tensor, g_views: torch.Generator, g_affine: torch.Generator,
+                sizes: Tensor | None = None) -> tuple[Tensor, dict]:  # fmt: skip
+        """x: (B, C, H, W) uint8 on the device → total loss and its detached parts.
+
+        sizes (B, 2): x holds whole images of these (height, width), zero-padded (the chunks storage);
+        the views are then cropped from each whole image and resized to data.image_size_px.
+        """
         spec = self.spec
-        v1, v2 = augment.views(x, spec.augment, g_views)  # (B, C, H, W) float each
+        if sizes is None:
+            v1, v2 = augment.views(x, spec.augment, g_views)  # (B, C, H, W) float each
+        else:
+            v1, v2 = augment.views(x, spec.augment, g_views, sizes, spec.data.image_size_px)  # (B, C, S, S) each
         h1, h2 = self.backbone(v1), self.backbone(v2)  # (B, F) each
-        out = self.method(h1, h2, v1, v2)
+        if spec.augment.local_crops:  # multi-crop: every local view in one more forward pass
+            local = self.backbone(augment.local_views(x, spec.augment, g_views, sizes))  # (M·B, F)
+            out = self.method(h1, h2, v1, v2, local)
+        else:
+            out = self.method(h1, h2, v1, v2)
         parts = {"loss_ssl": out.loss.detach()}
         loss = out.loss
         if self.head is not None:
@@ -56,6 +69,16 @@ class Learner(nn.Module):
             loss = loss + spec.affine.weight * loss_affine
         parts["loss"] = loss.detach()
         return loss, parts
+
+    def start_epoch(self, epoch: int) -> None:
+        """Before an epoch's first step: a base's per-epoch schedules (DINO's teacher temperature, frozen layer)."""
+        if hook := getattr(self.method, "start_epoch", None):
+            hook(epoch)
+
+    def before_update(self) -> None:
+        """Between the backward pass and the optimizer step: a base may drop gradients (DINO's frozen prototypes)."""
+        if hook := getattr(self.method, "before_update", None):
+            hook()
 
     def embedded(self, view: Tensor) -> Tensor:
         """The projector-location encoder: view (B, C, H, W) → method.embed(backbone(view)) (B, D)."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check, ready to run on a CUDA machine with no network: the CUDA-marked tests, then throughput at
 # batch 512 for ResNet-18 (CIFAR stem, 32 px) and ResNet-50 (64 px), each with and without the affine
-# module and against the peer-style pipeline on the same GPU. Writes OUT/summary.json and OUT/summary.md
+# module and against the peer-style pipeline on the same GPU; the chunks storage (nvJPEG decode, training
+# img/s against the tensor storage). Writes OUT/summary.json and OUT/summary.md
 # (plus each benchmark's own JSON and log). About 5-8 minutes on one H200.
 #
 #   bash benchmarks/gpu_check.sh [OUT]          # OUT defaults to $OUT, else gpu-check/
@@ -13,6 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu-check}}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # absolute: the benchmarks run from benchmarks/
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
@@ -32,7 +34,8 @@ python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visi
   | tee "$out/device.txt" || exit 2
 
 status=0
-timeout 240 python3 -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$out/tests.log"
+timeout 300 python3 -m pytest -q -m cuda tests/test_cuda.py tests/test_chunks.py -p no:cacheprovider 2>&1 \
+  | tee "$out/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 bench() {  # name, then the benchmark's arguments
@@ -48,6 +51,17 @@ for model in r18 r50; do
   bench $model-peer peer_pipeline.py --batch-size 512 $args --workers 8 --repeats 3 --steps 10
   bench $model-peer-affine peer_pipeline.py --batch-size 512 $args --workers 8 --repeats 3 --steps 10 --affine
 done
+# The chunks storage (needs torchcodec and litdata): nvJPEG batch decode img/s, and training img/s from chunks
+# against the tensor storage on 20,000 generated ~128 px JPEGs at 32 px (the folder is written once, here).
+if python3 -c "import torchcodec, litdata" 2>/dev/null; then
+  python3 chunks_write.py --make "$out/jpegs" --count 20000 --make-only || status=1
+  timeout 420 python3 chunks_train.py --data "$out/jpegs" --cache "$out/cache" --device cuda --width 64 --image-size 32 \
+    --batch-size 512 --steps 20 --repeats 3 --workers 8 --json "$out/chunks-train.json" > "$out/chunks-train.md" \
+    2> "$out/chunks-train.err" || { echo "gpu_check: chunks-train failed (see $out/chunks-train.err)" >&2; status=1; }
+  rm -rf "$out/jpegs" "$out/cache"
+else
+  echo "gpu_check: torchcodec or litdata missing: chunks storage not measured (bring them as wheels in .whl/)" >&2
+fi
 cd ..
 python3 benchmarks/gpu_summary.py "$out" || status=1
 exit $status

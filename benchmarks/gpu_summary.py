@@ -31,6 +31,14 @@ def main(folder: Path) -> None:
             rate, on = r["img_per_s"], "on" if r["affine"] else "off"
             lines.append(f"| {name[:3]} b{r['batch']} | {on} | {rate['peer']:,.0f} | {rate['affssl']:,.0f} "
                          f"| {r['ratio']:.2f} |")  # fmt: skip
+    if chunks := found.get("chunks-train"):
+        m = chunks["summary"]
+        lines += ["", "| storage | training img/s | peak RSS MiB |", "|---|---:|---:|"]
+        lines += [f"| {s} | {v['img_per_s']:,.0f} | {v['peak_rss_mib']:,.0f} |" for s, v in m.items()]
+        both = {"chunks", "tensor"} <= m.keys()
+        ratio = m["chunks"]["img_per_s"] / m["tensor"]["img_per_s"] if both else float("nan")
+        decode = chunks["decode_img_per_s"]
+        lines += ["", f"chunks / tensor: {ratio:.2f}; nvJPEG decode_jpeg batches: {decode:,.0f} img/s"]
     (folder / "summary.json").write_text(json.dumps({"device": device, "results": found}, indent=2) + "\n")
     (folder / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

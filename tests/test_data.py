@@ -13,8 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from affssl import data
-from affssl.data import DataError, Split, batches, cache_dir, load_dataset, subset
+from affssl.data import DataError, Split, batches, cache_dir, load_dataset, sources, subset
 from affssl.spec import DataSpec
 
 S = 16  # image size for folder tests
@@ -190,7 +189,7 @@ def test_cache_hit_then_invalidated_by_an_edit(folder, tmp_path, monkeypatch):
     first = load_dataset(spec)
     [cached] = (tmp_path / "cache" / "decoded").glob("*.safetensors")
     with monkeypatch.context() as m:
-        m.setattr(data, "decode_files", _refuse)
+        m.setattr(sources, "decode_files", _refuse)
         second = load_dataset(spec)
         for a, b in ((first.train, second.train), (first.test, second.test)):
             assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
@@ -214,7 +213,7 @@ def test_corrupt_cache_is_rewritten(folder, tmp_path, monkeypatch):
     cached.write_bytes(head)
     again = load_dataset(spec)
     assert torch.equal(first.train.images, again.train.images)
-    monkeypatch.setattr(data, "decode_files", _refuse)
+    monkeypatch.setattr(sources, "decode_files", _refuse)
     assert torch.equal(load_dataset(spec).train.images, first.train.images)
     assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temp files left
 

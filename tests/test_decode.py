@@ -1,4 +1,5 @@
-"""affssl.decode on PNG: PIL's pixels equal torchvision's for every colour type and depth; a corrupt PNG is one line."""
+"""affssl.data.decode on PNG: TorchCodec's pixels (16-bit → high byte) and PIL's fallback equal torchvision's for
+every colour type and depth; a corrupt PNG is one line."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from affssl.decode import PNG_SIGNATURE, decode_png
+from affssl.data.decode import PNG_SIGNATURE, _pil_png, decode_png
 
 W, H = 7, 9
 
@@ -69,8 +70,8 @@ def test_png_pixels_equal_torchvision(name):
         warnings.simplefilter("ignore", DeprecationWarning)
         want = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     want = TF.to_dtype(want, torch.uint8, scale=True)  # (3, H, W); 16 bits → the high byte
-    got = decode_png(data)
-    assert got.dtype == torch.uint8 and got.shape == (3, H, W) and torch.equal(got, want)
+    for got in (decode_png(data), _pil_png(data)):
+        assert got.dtype == torch.uint8 and got.shape == (3, H, W) and torch.equal(got, want)
 
 
 def test_corrupt_pngs_end_pretrain_in_one_line_on_stderr(tmp_path):
@@ -93,5 +94,5 @@ def test_corrupt_pngs_end_pretrain_in_one_line_on_stderr(tmp_path):
     assert len(proc.stderr.splitlines()) == 1 and "libpng" not in proc.stderr, proc.stderr
     line = proc.stderr.strip()
     assert line.startswith("error: 2 image file(s) in ") and line.endswith("remove or replace them"), line
-    assert f"{folder / 'bad-header.png'} (broken PNG file (bad header checksum in b'IHDR'))" in line
+    assert f"{folder / 'bad-header.png'} (decode_png failed: IHDR: CRC error)" in line
     assert f"{folder / 'bad-stream.png'} (" in line

@@ -13,9 +13,9 @@ import torch
 from safetensors import SafetensorError
 from typer.testing import CliRunner
 
-from affssl import checkpoint, runs, tensorfile
+from affssl import checkpoint, runs
 from affssl.cli import app
-from affssl.data import load_dataset
+from affssl.data import load_dataset, tensorfile
 from affssl.errors import UserError
 from affssl.spec import DataSpec, load_spec
 

@@ -2,14 +2,16 @@
 
 (a) the pure losses through `affssl.distributed.gather`, a linear projector wrapped in DDP;
 (b) one whole Learner step (ResNet-18 of width 4 at 8 px, affine module on) with the engine's
-    `sync_batchnorm` and DDP, fed fixed views and φ instead of the random augment path;
+    `sync_batchnorm` and DDP, fed fixed views (and 2 local views: DINO, SimCLR and BYOL multi-crop)
+    and φ instead of the random augment path;
 and the CLI under torchrun: rank 0 alone writes one checkpoint set, --resume continues it.
 
 What must match: every rank computes the global SimCLR/Barlow/VICReg loss (the mean over ranks for
-the per-sample BYOL, MoCo v3 and SimSiam losses and the affine term; MoCo v3's queries meet the
-keys of the global batch); DDP's averaged parameter gradient equals the gradient
-of one process; an input shard's gradient is world_size × that of one process (the gather's
-backward sums the ranks' identical losses and only parameter gradients are averaged by DDP).
+the per-sample BYOL, MoCo v3, SimSiam and DINO losses and the affine term; MoCo v3's queries meet the
+keys of the global batch; DINO's centre averages the teacher outputs of every process); DDP's
+averaged parameter gradient equals the gradient of one process; an input shard's gradient is
+world_size × that of one process (the gather's backward sums the ranks' identical losses and only
+parameter gradients are averaged by DDP).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from affssl import affine, augment, distributed, runs
 from affssl.learner import Learner
 from affssl.methods.barlow import barlow_loss
 from affssl.methods.byol import byol_loss
+from affssl.methods.dino import dino_loss
 from affssl.methods.mocov3 import mocov3_loss
 from affssl.methods.simclr import nt_xent
 from affssl.methods.simsiam import simsiam_loss
@@ -41,14 +44,21 @@ from affssl.methods.vicreg import vicreg_loss
 from affssl.spec import load_spec
 
 WORLD, BATCH, SIZE = 2, 8, 8  # ranks, global batch, image side (px)
-BASES = ("simclr", "byol", "barlow", "vicreg", "mocov3", "simsiam")
-PER_SAMPLE = ("byol", "mocov3", "simsiam")  # each rank's loss is the mean over its own rows
+BASES = ("simclr", "byol", "barlow", "vicreg", "mocov3", "simsiam", "dino")
+LEARNERS = (*BASES, "simclr+local", "byol+local")  # (b) also with local views (DINO always has 2)
+PER_SAMPLE = ("byol", "mocov3", "simsiam", "dino", "byol+local")  # each rank's loss is the mean over its own rows
+LOCAL_PX = 4
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def tiny_spec(base: str):
-    return load_spec("default", [f"method.name={base}", "backbone.width=4", f"data.image_size_px={SIZE}",
-                                 "method.proj_hidden=16", "method.proj_out=8", "affine.head_hidden=16"])  # fmt: skip
+    name, _, local = base.partition("+")
+    extra = ["method.prototypes=16"] if name == "dino" else []
+    if local or name == "dino":
+        extra += ["augment.local_crops=2", f"augment.local_size_px={LOCAL_PX}"]
+    common = ["backbone.width=4", f"data.image_size_px={SIZE}", "method.proj_hidden=16", "method.proj_out=8",
+              "affine.head_hidden=16"]  # fmt: skip
+    return load_spec("default", [f"method.name={name}", *common, *extra])
 
 
 def inputs() -> dict[str, torch.Tensor]:
@@ -57,6 +67,8 @@ def inputs() -> dict[str, torch.Tensor]:
     data = {k: torch.randn(BATCH, 6, generator=g) for k in ("h1", "h2")}
     data |= {k: torch.randn(BATCH, 5, generator=g) for k in ("t1", "t2")}
     data |= {k: torch.rand(BATCH, 3, SIZE, SIZE, generator=g) for k in ("v1", "v2")}
+    data["local"] = torch.rand(2, BATCH, 3, LOCAL_PX, LOCAL_PX, generator=g)  # (crops, B, C, h, w)
+    data["center"] = torch.randn(1, 5, generator=g)
     data["phi"] = affine.sample(BATCH, tiny_spec("simclr").affine, SIZE, g)  # (B, 6)
     return data
 
@@ -88,6 +100,9 @@ def step_a(base: str, data: dict, rows: slice) -> dict[str, torch.Tensor]:
         loss = mocov3_loss(z1, z2, k1, k2, 0.2, offset=distributed.rank() * z1.shape[0])
     elif base == "simsiam":
         loss = simsiam_loss(z1, z2, data["t1"][rows], data["t2"][rows])
+    elif base == "dino":  # per-sample, like BYOL; the centre (global) is checked in (b)
+        teacher = torch.stack([data["t1"][rows], data["t2"][rows]])  # (2, b, 5) logits
+        loss = dino_loss(torch.stack([z1, z2]), teacher, data["center"], 0.1, 0.04)
     else:  # per-sample: no gather; DDP's average over ranks makes the global mean
         loss = byol_loss(z1, z2, data["t1"][rows], data["t2"][rows])
     loss.backward()
@@ -96,9 +111,10 @@ def step_a(base: str, data: dict, rows: slice) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def fixed_views(x: torch.Tensor, phi: torch.Tensor):
-    """The Learner's random views and φ replaced by given ones: x is (b, 2, C, H, W) float."""
+def fixed_views(x: torch.Tensor, phi: torch.Tensor, local: torch.Tensor):
+    """The Learner's random views and φ replaced by given ones: x is (b, 2, C, H, W), local (M·b, C, h, w)."""
     with (mock.patch.object(augment, "views", lambda x, spec, gen: (x[:, 0], x[:, 1])),
+          mock.patch.object(augment, "local_views", lambda x, spec, gen: local),
           mock.patch.object(affine, "sample", lambda n, spec, size, gen: phi)):  # fmt: skip
         yield x
 
@@ -117,19 +133,22 @@ def step_b(base: str, data: dict, rows: slice) -> dict[str, torch.Tensor]:
         learner = distributed.sync_batchnorm(learner)
         model = nn.parallel.DistributedDataParallel(learner)
     views = torch.stack([data["v1"][rows], data["v2"][rows]], 1).double()  # (b, 2, C, H, W)
-    with fixed_views(views, data["phi"][rows]) as x:
+    local = data["local"][:, rows].flatten(0, 1).double()  # (2·b, C, h, w), view c of image i in row c·b + i
+    with fixed_views(views, data["phi"][rows], local) as x:
         loss, parts = model(x, None, None)
     loss.backward()
     out = {k: v.detach() for k, v in parts.items()}
     out |= {f"grad.{n}": p.grad.clone() for n, p in learner.named_parameters() if p.requires_grad}
     torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], lr=0.1).step()
-    learner.method.after_step(learner.backbone, 0.5)  # BYOL, MoCo v3: EMA from the unwrapped online network
+    learner.method.after_step(learner.backbone, 0.5)  # BYOL, MoCo v3, DINO: EMA from the unwrapped online network
     return out | {f"state.{k}": v.clone() for k, v in learner.state_dict().items()}
 
 
 def run_all(rows: slice) -> dict[str, dict[str, torch.Tensor]]:
-    data, steps = inputs(), {"a": step_a, "b": step_b}
-    return {f"{level}/{base}": step(base, data, rows) for base in BASES for level, step in steps.items()}
+    data = inputs()
+    return {f"a/{base}": step_a(base, data, rows) for base in BASES} | {
+        f"b/{base}": step_b(base, data, rows) for base in LEARNERS
+    }
 
 
 def worker(rank: int, folder: str) -> None:
@@ -174,7 +193,7 @@ def test_loss_and_gather_match_one_process(ranks, single, base):
             torch.testing.assert_close(s[k], ref[k], **TOL)
 
 
-@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("base", LEARNERS)
 def test_learner_step_with_sync_batchnorm_matches_one_process(ranks, single, base):
     ref, shards = single[f"b/{base}"], [r[f"b/{base}"] for r in ranks]
     for k in ("loss", "loss_ssl", "loss_affine"):
@@ -183,7 +202,7 @@ def test_learner_step_with_sync_batchnorm_matches_one_process(ranks, single, bas
     for s in shards:
         assert s.keys() == ref.keys()
         for k in ref:
-            if k.startswith(("grad.", "state.")):  # gradients, then weights, BN buffers, EMA copies after the step
+            if k.startswith(("grad.", "state.")):  # gradients, then weights, BN buffers, EMA copies, DINO's centre
                 torch.testing.assert_close(s[k], ref[k], **TOL, msg=lambda m, k=k: f"{k}: {m}")
 
 

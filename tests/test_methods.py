@@ -21,6 +21,7 @@ from affssl.spec import (
     BackboneSpec,
     BarlowSpec,
     BYOLSpec,
+    DINOSpec,
     MethodSpec,
     MoCoV3Spec,
     SimCLRSpec,
@@ -208,7 +209,7 @@ def test_registry_matches_spec_union():
     assert names == set(METHODS) == set(METHOD_SPECS)
 
 
-SPECS = [SimCLRSpec(), BYOLSpec(), BarlowSpec(), VICRegSpec(), MoCoV3Spec(), SimSiamSpec()]
+SPECS = [SimCLRSpec(), BYOLSpec(), BarlowSpec(), VICRegSpec(), MoCoV3Spec(), SimSiamSpec(), DINOSpec(prototypes=64)]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)

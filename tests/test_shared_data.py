@@ -13,8 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from affssl import data
-from affssl.data import load_dataset
+from affssl.data import load_dataset, sources
 from affssl.spec import DataSpec
 
 
@@ -65,14 +64,14 @@ def _rank(rank: int, folder: str, images: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))  # fmt: skip
     try:
-        decode = data.decode_files
+        decode = sources.decode_files
 
         def counted(*args, **kwargs):
             with open(f"{folder}/decoded-by", "a") as f:
                 f.write(f"{rank}\n")
             return decode(*args, **kwargs)
 
-        data.decode_files = counted
+        sources.decode_files = counted
         loaded = load_dataset(DataSpec(dataset=images, image_size_px=8))
         Path(f"{folder}/rank{rank}.txt").write_text(
             f"{mapped_file(loaded.train.images)}\n{int(loaded.train.images.sum())}"

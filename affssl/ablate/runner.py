@@ -29,7 +29,7 @@ from affssl import checkpoint, engine, floor, runlock, runs
 from affssl.ablate import study
 from affssl.ablate.planning import EvalSettings, PlannedRun
 from affssl.checkpoint import CheckpointError
-from affssl.data import Dataset, load_dataset
+from affssl.data import Dataset, load_dataset, storage
 from affssl.errors import UserError
 from affssl.eval.features import slug
 from affssl.spec import RunSpec, flatten
@@ -264,7 +264,8 @@ def pending(run: PlannedRun, folder: Path, ev: EvalSettings) -> bool:
 def spec_conflicts(saved: RunSpec, planned: RunSpec) -> list[str]:
     """Dotted fields where a run folder's spec differs from the planned one (MUTABLE ones excepted)."""
     a, b = flatten(json.loads(saved.model_dump_json())), flatten(json.loads(planned.model_dump_json()))
-    return [k for k in sorted(a.keys() | b.keys()) if k not in MUTABLE and a.get(k) != b.get(k)]
+    return [k for k in sorted(a.keys() | b.keys())
+            if k not in MUTABLE and a.get(k) != b.get(k) and not storage.filled_in(k, b.get(k))]  # fmt: skip
 
 
 def check_folder(run: PlannedRun, folder: Path) -> RunSpec | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from affssl.ablate.labels import label_free
 from affssl.cli.console import friendly, out
 from affssl.cli.options import (
     BackboneOpt,
@@ -120,6 +122,10 @@ def ablate(
         out.print(f"{len(planned)} runs into {folder}", highlight=False)
         return
 
+    settings, skipped = label_free(settings, default.data.dataset)
+    if skipped:
+        out.print(skipped, markup=False, highlight=False, soft_wrap=True)
+        ablation = replace(ablation, eval=settings)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=out)  # fmt: skip
     task = progress.add_task("ablate", total=len(planned))

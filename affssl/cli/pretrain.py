@@ -33,9 +33,11 @@ from affssl.errors import UserError
 from affssl.spec import RunSpec, SpecError, build_spec, flatten, parse_value
 
 # Fields `pretrain --resume` may change: how long, where and how often a run trains, logs and saves,
-# and where its data cache lives; never what it learns from or how. Other fields may be repeated.
+# where its data cache lives and how many loader processes read it (the batches do not depend on
+# that); never what it learns from or how. Other fields may be repeated.
 RESUMABLE: tuple[str, ...] = ("train.epochs", "train.device", "train.log_every", "train.checkpoint_every",
-                             "train.checkpoint_every_steps", "train.max_loss", "data.root", "data.cache")  # fmt: skip
+                             "train.checkpoint_every_steps", "train.max_loss", "data.root", "data.cache",
+                             "data.workers")  # fmt: skip
 
 
 @friendly

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from affssl.data import DataError, Dataset, Split, _stratified, load_dataset, subset
+from affssl.data import DataError, Dataset, Split, load_dataset, stratified, subset
 from affssl.errors import UserError
 from affssl.eval.features import Source, slug
 from affssl.spec import DataSpec
@@ -35,8 +35,8 @@ def holdout(labels: Tensor | None, n: int, frac: float, seed: int) -> tuple[Tens
     """Sorted (kept, held) indices of n items; stratified by label when labelled, seeded."""
     k = max(1, round(frac * n))
     gen = torch.Generator().manual_seed(seed)
-    # data._stratified: per-class largest-remainder counts, the same rule as data.subset
-    held = _stratified(labels, k, gen) if labels is not None else torch.randperm(n, generator=gen)[:k].sort().values
+    # data.stratified: per-class largest-remainder counts, the same rule as data.subset
+    held = stratified(labels, k, gen) if labels is not None else torch.randperm(n, generator=gen)[:k].sort().values
     mask = torch.ones(n, dtype=torch.bool)
     mask[held] = False
     return mask.nonzero().squeeze(1), held
@@ -54,7 +54,8 @@ def dataset_spec(source: Source, dataset: str | None) -> DataSpec:
             raise UserError(f"{source.path} does not say which data set it was trained on; pass --dataset NAME|PATH")
         dataset = own.dataset
     root = own.root if own is not None else None
-    return DataSpec(dataset=dataset, image_size_px=source.image_size_px, root=root, limit=None)
+    classes = own.classes_file if own is not None and dataset == own.dataset else None  # the classes it trained on
+    return DataSpec(dataset=dataset, image_size_px=source.image_size_px, root=root, limit=None, classes_file=classes)
 
 
 def load_eval_data(
@@ -73,8 +74,8 @@ def load_eval_data(
     train, test = data.train, data.test
     if need_labels and train.labels is None:
         raise DataError(
-            f"data set {spec.dataset!r} is unlabelled, and this probe needs class labels; pass --dataset with "
-            "class folders (PATH/<class>/*.jpg or PATH/train/<class>/*.jpg)"
+            f"data set {spec.dataset!r} is unlabelled, and this probe needs class labels; pass --dataset with class "
+            "folders (PATH/<class>/*.jpg or PATH/train/<class>/*.jpg), or run `affssl eval affine`, which needs none"
         )
     if train.images.shape[-1] != source.image_size_px:
         raise DataError(

@@ -1,4 +1,4 @@
-"""The base methods' specs (SimCLR, BYOL, Barlow Twins, VICReg, MoCo v3, SimSiam), their tagged union
+"""The base methods' specs (SimCLR, BYOL, Barlow Twins, VICReg, MoCo v3, SimSiam, DINO), their tagged union
 and registry, and each base's default affine weight λ. affssl.spec re-exports every name here.
 """
 
@@ -80,8 +80,31 @@ class SimSiamSpec(FrozenSpec):
     pred_hidden: int = Field(128, ge=1, description="predictor bottleneck (paper: 512 = output/4)")
 
 
+class DINOSpec(FrozenSpec):
+    """DINO (Caron et al. 2021). Published: head = 3-layer MLP 2048 hidden (GELU, no BatchNorm) → 256
+    bottleneck, L2-normalised → 65536 weight-normalised prototypes (solo-learn CIFAR: 4096), the last
+    layer frozen for the first epoch, student τ 0.1, teacher τ 0.04 → 0.07 over 30 epochs (solo-learn:
+    50), centre momentum 0.9, teacher EMA 0.996 → 1 (solo-learn CIFAR: 0.9995). The heads scaled as this
+    project scales BYOL's 4096/256 ones: 512 hidden, 128 bottleneck, 1024 prototypes (¼ of 4096)."""
+
+    name: Literal["dino"] = "dino"
+    proj_hidden: int = Field(512, ge=1, description="head MLP hidden width, 2 hidden layers (paper: 2048)")
+    proj_out: int = Field(128, ge=1, description="L2-normalised bottleneck (paper: 256)")
+    prototypes: int = Field(1024, ge=2, description="weight-normalised output units (paper: 65536; CIFAR: 4096)")
+    head_bn: bool = Field(False, description="BatchNorm in the head MLP (paper and solo-learn: off)")
+    norm_last_layer: bool = Field(True, description="prototypes' norms fixed at 1 (weight_g frozen), as the paper")
+    freeze_last_layer_epochs: int = Field(1, ge=0, description="prototypes get no update in these first epochs")
+    student_temp: float = Field(0.1, gt=0, description="student softmax temperature (paper: 0.1)")
+    teacher_temp: float = Field(0.07, gt=0, description="teacher temperature after the warm-up (paper: 0.04–0.07)")
+    teacher_temp_start: float = Field(0.04, gt=0, description="teacher temperature at epoch 0 (paper: 0.04)")
+    teacher_temp_warmup_epochs: int = Field(30, ge=0, description="linear warm-up of the teacher temperature (30)")
+    center_momentum: float = Field(0.9, ge=0, lt=1, description="EMA of the teacher outputs' centre (paper: 0.9)")
+    momentum_base: float = Field(0.996, ge=0, le=1, description="teacher EMA, cosine-ramped to 1 (CIFAR: 0.9995)")
+
+
 MethodSpec = Annotated[
-    SimCLRSpec | BYOLSpec | BarlowSpec | VICRegSpec | MoCoV3Spec | SimSiamSpec, Field(discriminator="name")
+    SimCLRSpec | BYOLSpec | BarlowSpec | VICRegSpec | MoCoV3Spec | SimSiamSpec | DINOSpec,
+    Field(discriminator="name"),
 ]
 METHOD_SPECS: dict[str, type[FrozenSpec]] = {
     "simclr": SimCLRSpec,
@@ -90,7 +113,10 @@ METHOD_SPECS: dict[str, type[FrozenSpec]] = {
     "vicreg": VICRegSpec,
     "mocov3": MoCoV3Spec,
     "simsiam": SimSiamSpec,
+    "dino": DINOSpec,
 }
+# The bases that pair local views (augment.local_crops) with the global ones.
+MULTICROP_BASES: tuple[str, ...] = ("simclr", "byol", "dino")
 
 
 # Paper §1.6: λ = 1 for SimCLR and BYOL, 10 for Barlow Twins (the run reported as BT + Affine).
@@ -100,6 +126,11 @@ METHOD_SPECS: dict[str, type[FrozenSpec]] = {
 # MoCo v3 9.3 / 1.4 → λ = 1; Barlow 274 / 233 (λ = 10 in the paper); VICReg 53 / 6.6 → λ = 5 brings
 # both back to SimCLR's and BYOL's (11 / 1.3). SimSiam's loss is BYOL's ÷ 4 up to a constant
 # (−(cos₁ + cos₂)/2 vs 4 − 2(cos₁ + cos₂)), ≈ 0 at init with gradients ¼ of BYOL's (ratio 0.21) → λ = 0.25.
+# DINO: 12 / 0.36 (benchmarks/loss_balance.py --base dino reproduces the others' figures too). Its loss is
+# H(q) + KL(q‖p), and the teacher's entropy H(q) (≈ 5 of the 6) sends no gradient, so the gradient ratio
+# decides: ≈ ¼ of SimCLR's and BYOL's (1.3) → λ = 0.25. With local views (augment.local_crops) the base
+# loss averages more pairs and its backbone gradient shrinks (6 local views, digits: SimCLR 0.38, BYOL 0.50,
+# DINO 0.21), so a multi-crop run keeps the two-view balance with about a third of these λ.
 DEFAULT_AFFINE_WEIGHT: dict[str, float] = {
     "simclr": 1.0,
     "byol": 1.0,
@@ -107,4 +138,5 @@ DEFAULT_AFFINE_WEIGHT: dict[str, float] = {
     "vicreg": 5.0,
     "mocov3": 1.0,
     "simsiam": 0.25,
+    "dino": 0.25,
 }

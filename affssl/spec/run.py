@@ -17,7 +17,7 @@ from pydantic import ValidationError, model_validator
 
 from affssl.spec.backbone import SMALL_VITS, STEM_FAMILY, WIDTH_RESNETS, BackboneSpec, default_patch_px
 from affssl.spec.base import FrozenSpec as _Spec
-from affssl.spec.methods import DEFAULT_AFFINE_WEIGHT, METHOD_SPECS, MethodSpec, SimCLRSpec
+from affssl.spec.methods import DEFAULT_AFFINE_WEIGHT, METHOD_SPECS, MULTICROP_BASES, MethodSpec, SimCLRSpec
 from affssl.spec.sections import PRESETS, AffineSpec, AugmentSpec, DataSpec, OptimSpec, TrainSpec
 from affssl.spec.tree import (
     BASES_KEY,
@@ -47,6 +47,15 @@ class RunSpec(_Spec):
         if self.affine.weight is None:
             w = DEFAULT_AFFINE_WEIGHT[self.method.name]
             updates["affine"] = self.affine.model_copy(update={"weight": w})
+        if self.augment.local_crops and self.method.name not in MULTICROP_BASES:
+            raise ValueError(
+                f"augment.local_crops = {self.augment.local_crops}, but {self.method.name} has no pairing of "
+                f"local views; use {', '.join(MULTICROP_BASES)} or set augment.local_crops=0"
+            )
+        if self.augment.local_crops and self.augment.local_size_px is None:  # solo-learn's 18 px at 32
+            updates["augment"] = self.augment.model_copy(
+                update={"local_size_px": round(self.data.image_size_px * 9 / 16)}
+            )
         if self.backbone.cifar_stem is None:
             stem = self.data.image_size_px <= 64 and self.backbone.name.startswith(STEM_FAMILY)
             updates["backbone"] = self.backbone.model_copy(update={"cifar_stem": stem})
@@ -158,5 +167,5 @@ def describe(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key; check the spelling (see `affssl pretrain --print-spec`)"
-        lines.append(f"{loc or 'spec'}: {msg}")
+        lines.append(f"{loc}: {msg}" if loc else msg.removeprefix("Value error, "))  # a whole-spec rule says its fields
     return "invalid spec: " + "; ".join(lines)

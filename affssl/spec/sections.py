@@ -33,12 +33,34 @@ class DataSpec(_Spec):
     limit: int | None = Field(None, ge=1, description="train on this many images (stratified when labelled)")
     root: Path | None = Field(None, description="download/cache folder (default ~/.cache/affssl or $AFFSSL_CACHE)")
     cache: bool = Field(True, description="keep decoded uint8 tensors on disk so the next run skips decoding")
+    classes_file: Path | None = Field(
+        None, description="text file of class folders to keep, one per line; imagenet100: the CMC paper's list"
+    )
 
     @model_validator(mode="after")
     def _native_size(self) -> DataSpec:
         if self.image_size_px is None:
             object.__setattr__(self, "image_size_px", NATIVE_SIZE_PX.get(self.dataset, 32))
         return self
+
+    # The storage of large sets (docs/large-data.md; affssl.data.storage, chunkwrite, chunkread).
+    storage: Literal["auto", "tensor", "chunks"] = Field(
+        "auto",
+        description="tensor: decoded set held on the device; chunks: JPEG chunk files streamed with litdata; "
+        "auto: tensor when the decoded set fits half the RAM (and CUDA memory), stored resolved",
+    )
+    store_px: int | None = Field(
+        None, ge=8, description="chunks: short side of the stored images (aspect kept, never enlarged); None → as found"
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100, description="chunks: quality of the images re-encoded when stored")
+    max_bad_frac: float = Field(
+        0.001, ge=0, le=1, description="chunks: unreadable images are skipped; more than this share stops the run"
+    )
+    workers: int | None = Field(
+        None, ge=0, description="chunks: loader processes per training process; None → the CPUs shared, 1 to 8"
+    )
+    bad_count: int | None = Field(None, ge=0, description="set by the run: images skipped as unreadable (chunks)")
+    bad_first: tuple[str, ...] = Field((), description="set by the run: the first of those images")
 
 
 class AugmentSpec(_Spec):
@@ -71,6 +93,22 @@ class AugmentSpec(_Spec):
         if not all(0 <= p <= 1 for p in v):
             raise ValueError(f"probabilities must lie in [0, 1], got {list(v)}")
         return v
+
+    # Multi-crop (Caron et al. 2020, SwAV; DINO): local views besides the two global ones (docs/multicrop-dino.md).
+    local_crops: int = Field(0, ge=0, description="local views per image (DINO: 8, solo-learn CIFAR: 6); 0: two views")
+    local_size_px: int | None = Field(
+        None, ge=4, le=512, description="local views' side; None → 9/16 of data.image_size_px (solo-learn: 18 at 32)"
+    )
+    local_crop_scale: Range = Field(
+        (0.05, 0.4), description="local views' crop area range (DINO: 0.05–0.4; the global views keep crop_scale)"
+    )
+    local_blur_p: float = Field(0.5, ge=0, le=1, description="local views' blur probability (DINO: 0.5)")
+    local_solarize_p: float = Field(0.0, ge=0, le=1, description="local views' solarize probability (DINO: 0)")
+
+    @field_validator("local_crop_scale")
+    @classmethod
+    def _local_ordered(cls, v: Range) -> Range:
+        return cls._ordered(v)
 
 
 class AffineSpec(_Spec):

@@ -1,0 +1,169 @@
+"""An image folder's training split → JPEG bytes in litdata chunk files, written once (the chunks storage).
+
+Layout: CACHE/chunks/<key>/ holds litdata's index.json and chunk-*.bin files, one item per readable
+image ({"jpeg": bytes, "label": int}, in the folder's sorted order), and affssl.json (the item count,
+labels, classes, the images skipped as unreadable). The key is a sha256 of the source's identity
+(every file's path, size and mtime), data.store_px, data.jpeg_quality and CHUNKS_FORMAT, so an edit
+to the source or to those settings writes new chunks, as the tensor cache is invalidated. The folder
+is written under a temporary name and renamed into place: it exists only once complete.
+
+Each image is decoded as the tensor cache decodes it (affssl.data.decode; unreadable ones are found
+here); one whose short side is above data.store_px is resized (antialiased) to it, aspect kept, and
+re-encoded at data.jpeg_quality, as is any image that is not a JPEG TorchCodec reads; a JPEG already
+small enough is stored as its own bytes, less its Exif segments (the tensor cache ignores the Exif
+orientation; TorchCodec would apply it). Decoding and encoding run in
+data.workers loader processes; the items reach the writer in file order whatever their number.
+
+Bad data: an image that cannot be read or decoded is skipped and counted; the run goes on unless
+more than data.max_bad_frac of the images are bad (then nothing is kept and one line says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from torch.utils.data import DataLoader
+from torchcodec.decoders import decode_jpeg
+from torchcodec.encoders import JpegEncoder
+from torchvision.transforms.v2 import functional as TF
+
+from affssl.data.dataset import DataError
+from affssl.data.decode import JPEG_SIGNATURE, Entry, decode_bytes, without_exif
+from affssl.errors import UserError
+
+CHUNKS_FORMAT = 1  # bump when the stored items change, so old chunks are not reused
+META = "affssl.json"
+CHUNK_BYTES = 64 << 20  # litdata's recommended chunk size for streaming
+ENCODE_BATCH = 64  # files per loader item while writing
+SHOW_BAD = 5  # bad paths named in messages and spec.json
+EXTRA = 'data.storage = "chunks" needs litdata: pip install "affssl[scale]"'
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to write: the training files, their labels and where the chunks go."""
+
+    files: list[Entry]
+    labels: list[int] | None
+    classes: tuple[str, ...]
+    folder: Path  # CACHE/chunks/<key>
+    store_px: int | None
+    quality: int
+    max_bad_frac: float
+
+
+def chunk_folder(root: Path, source: str, identity: object, store_px: int | None, quality: int) -> Path:
+    blob = json.dumps([source, identity, store_px, quality, CHUNKS_FORMAT])
+    return root / "chunks" / hashlib.sha256(blob.encode()).hexdigest()
+
+
+def require_litdata() -> None:
+    try:
+        import litdata  # noqa: F401
+    except ImportError:
+        raise UserError(EXTRA) from None
+
+
+def write(plan: Plan, workers: int, progress: bool) -> None:
+    """Write plan.folder unless it is there; raises DataError when more than max_bad_frac of the images are bad."""
+    from litdata.streaming.writer import BinaryWriter
+
+    if (plan.folder / META).is_file():
+        return
+    tmp = plan.folder.with_name(f".{plan.folder.name}.{os.uname().nodename}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        writer = BinaryWriter(str(tmp), chunk_bytes=CHUNK_BYTES)
+        encoder = _Encoder(plan.files, plan.store_px, plan.quality)
+        loader = DataLoader(encoder, batch_size=ENCODE_BATCH, num_workers=workers, collate_fn=_as_list,
+                            generator=torch.Generator())  # fmt: skip  # its own: the global RNG seeds the weights
+        bad, labels, count = [], [], 0
+        with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
+            task = bar.add_task(f"writing chunks {plan.folder}", total=len(plan.files))
+            for start, batch in zip(range(0, len(plan.files), ENCODE_BATCH), loader, strict=True):
+                for k, (data, why) in enumerate(batch):
+                    if data is None:
+                        bad.append((plan.files[start + k][0], why))
+                        continue
+                    label = -1 if plan.labels is None else plan.labels[start + k]
+                    writer[count] = {"jpeg": data, "label": label}
+                    labels.append(label)
+                    count += 1
+                bar.advance(task, len(batch))
+        check_bad(bad, len(plan.files), plan.max_bad_frac, plan.folder)
+        writer.done()
+        writer._merge_no_wait()  # index.json now; merge() would wait for every torchrun rank's part
+        meta = {"format": CHUNKS_FORMAT, "count": count, "labels": labels if plan.labels is not None else None,
+                "classes": list(plan.classes), "bad": len(bad), "bad_first": [p for p, _ in bad[:SHOW_BAD]],
+                "store_px": plan.store_px, "jpeg_quality": plan.quality}  # fmt: skip
+        (tmp / META).write_text(json.dumps(meta))
+        try:
+            tmp.rename(plan.folder)
+        except OSError:  # another writer's complete folder got there first (a shared cache folder)
+            if not (plan.folder / META).is_file():
+                raise
+    except OSError as err:
+        raise DataError(f"chunks could not be written to {plan.folder} ({err.strerror or err}); "
+                        "free some space or set data.root to a writable folder") from None  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_bad(bad: list[tuple[str, str]], total: int, max_bad_frac: float, folder: Path) -> None:
+    if len(bad) > max_bad_frac * total:
+        raise DataError(f"{len(bad)} of {total} images ({len(bad) / total:.2%}) could not be read, more than "
+                        f"data.max_bad_frac {max_bad_frac:g}: {describe(bad)}; remove or replace them, or raise "
+                        f"data.max_bad_frac; no chunks were kept in {folder.parent}")  # fmt: skip
+
+
+def describe(bad: list[tuple[str, str]]) -> str:
+    listed = "; ".join(f"{p} ({why})" for p, why in bad[:SHOW_BAD])
+    return listed + (" …" if len(bad) > SHOW_BAD else "")
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+class _Encoder(torch.utils.data.Dataset):
+    """File index → (JPEG bytes, "") or (None, why it is unreadable); run in loader workers."""
+
+    def __init__(self, files: list[Entry], store_px: int | None, quality: int):
+        self.files, self.store_px, self.quality = files, store_px, quality
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[bytes | None, str]:
+        path = self.files[i][0]
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as err:
+            return None, err.strerror or str(err)
+        own = None  # JPEG bytes training can decode as they are (Exif dropped, as the tensor cache decodes them)
+        try:
+            if data[:3] == JPEG_SIGNATURE:
+                own = without_exif(data)
+                try:
+                    image = decode_jpeg(torch.frombuffer(bytearray(own), dtype=torch.uint8), mode="RGB")
+                except RuntimeError:  # TorchCodec refuses it; PIL may read it: stored re-encoded
+                    own, image = None, decode_bytes(data)
+            else:
+                image = decode_bytes(data)  # (3, h, w) uint8
+        except ValueError as err:
+            return None, str(err)
+        if self.store_px is not None and min(image.shape[-2:]) > self.store_px:
+            image = TF.resize(image, self.store_px, antialias=True)  # short side → store_px, aspect kept
+        elif own is not None:
+            return bytes(own), ""  # small enough: the file's own bytes
+        return JpegEncoder(image.contiguous()).to_tensor(quality=self.quality).numpy().tobytes(), ""
