@@ -114,7 +114,7 @@ def step_a(base: str, data: dict, rows: slice) -> dict[str, torch.Tensor]:
 def fixed_views(x: torch.Tensor, phi: torch.Tensor, local: torch.Tensor):
     """The Learner's random views and φ replaced by given ones: x is (b, 2, C, H, W), local (M·b, C, h, w)."""
     with (mock.patch.object(augment, "views", lambda x, spec, gen: (x[:, 0], x[:, 1])),
-          mock.patch.object(augment, "local_views", lambda x, spec, gen: local),
+          mock.patch.object(augment, "local_views", lambda x, spec, gen, sizes=None: local),
           mock.patch.object(affine, "sample", lambda n, spec, size, gen: phi)):  # fmt: skip
         yield x
 

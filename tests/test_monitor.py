@@ -159,7 +159,12 @@ def test_two_processes_score_what_one_does(tmp_path):
         env.setenv("OMP_NUM_THREADS", "1")
         mp.start_processes(_worker, args=(str(tmp_path),), nprocs=2, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    single = _sharded_scores()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: the same kernels at the same thread count
+    try:
+        single = _sharded_scores()
+    finally:
+        torch.set_num_threads(before)
     assert ranks[0] == single and ranks[1] == single  # exactly: the same batches through the same kernels
 
 

@@ -8,8 +8,8 @@ digits at 16 px.
 
 from __future__ import annotations
 
-import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -83,7 +83,7 @@ def test_recipe_trains_two_steps(base, tmp_path):
 def test_print_spec_shows_a_recipe():
     result = CliRunner().invoke(app, ["pretrain", str(RECIPES / "byol.toml"), "--print-spec"])
     assert result.exit_code == 0, result.output
-    shown = json.loads(result.output)
+    shown = tomllib.loads(result.output)  # --print-spec prints TOML that reads back
     assert shown["optim"]["name"] == "lars" and shown["method"]["tau_base"] == 0.99
     assert shown["augment"]["solarize_p"] == [0.0, 0.2]
 

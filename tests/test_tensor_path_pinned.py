@@ -20,7 +20,7 @@ from affssl.spec import load_spec
 PINNED_TORCH = "2.14.1"
 DATA_SHA256 = "6dc7929cb274a560036594f9031ddabaf51d7b671c41153868d415bb23ae6936"
 CHECKPOINT_SHA256 = "db992403524dffa9b9afcd5b5b178d6bb41d1a2d5f9f61f8c9a4fbed71f06a77"
-OVERRIDES = ["train.epochs=1", "data.limit=256", "backbone.width=8", "train.batch_size=64"]
+OVERRIDES = ["train.epochs=1", "data.limit=256", "backbone.width=8", "train.batch_size=64", "train.threads=1"]
 
 
 def digest(tensors: dict[str, Tensor]) -> str:
