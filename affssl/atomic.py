@@ -49,3 +49,18 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_png(fig, path: str | Path, dpi: int) -> Path:
+    """A matplotlib figure saved as a PNG at path (parent folders made), whole or not at all; an OSError
+    becomes the one-line UserError of affssl.errors.write_failed."""
+    from affssl.errors import write_failed
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    except OSError as err:
+        raise write_failed(path, err) from None
+    return path

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from affssl import affine, atomic, augment
 from affssl.data import Dataset, batches, load_dataset
-from affssl.errors import UserError, write_failed
+from affssl.errors import UserError
 from affssl.spec import RunSpec
 
 IMAGES = 8  # rows of the grid
@@ -112,14 +112,7 @@ def draw(preview: Preview, path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=8, y=1 - 0.15 / height_in)
     fig.subplots_adjust(left=0.03, right=0.97, top=1 - TOP_IN / height_in, bottom=CAPTION_IN / height_in,
                         hspace=CAPTION_IN / PANEL_IN, wspace=0.08)  # fmt: skip
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic.replacing(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI)
-    except OSError as err:
-        raise write_failed(path, err) from None
-    return path
+    return atomic.write_png(fig, path, DPI)
 
 
 def write_preview(spec: RunSpec, path: Path, n: int = IMAGES, progress: bool = False) -> Preview:

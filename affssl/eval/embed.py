@@ -18,7 +18,7 @@ from torch import Tensor
 
 from affssl import atomic
 from affssl.data import Dataset
-from affssl.errors import UserError, write_failed
+from affssl.errors import UserError
 from affssl.eval.features import backbone_tensors, build_from
 from affssl.eval.session import Session
 
@@ -73,14 +73,7 @@ def draw(xy: np.ndarray, labels: Tensor | None, classes: tuple[str, ...], title:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8)
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic.replacing(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI)
-    except OSError as err:
-        raise write_failed(path, err) from None
-    return path
+    return atomic.write_png(fig, path, DPI)
 
 
 def _colour(c: int, n_classes: int) -> tuple[float, ...]:
