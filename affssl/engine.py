@@ -208,7 +208,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
             scores = watcher.score(learner) if watcher and monitor.due(spec, epoch + 1) else {}  # all ranks
             shown = f"  {monitor.describe(scores)}" if scores else shown
             watch.record({"kind": "epoch", **summary, **scores})
-            watch.epoch_end()
+            watch.epoch_end(final=epoch + 1 == spec.train.epochs)
             if distributed.is_main():
                 save_checkpoint(last, learner, optimizer, spec, summary)
                 if (epoch + 1) % spec.train.checkpoint_every == 0 or epoch + 1 == spec.train.epochs:
@@ -239,8 +239,8 @@ def check_finite(learner: Learner, optimizer: torch.optim.Optimizer, step: int,
                  guard: faults.DivergenceGuard | None = None) -> None:  # fmt: skip
     """Never write a checkpoint that holds inf or NaN (a finite loss can still leave such weights)."""
     named = [(k, t) for k, t in learner.state_dict().items() if t.is_floating_point()]
-    named += [(f"optimizer state of parameter {i}", v) for i, s in optimizer.state.items() for v in s.values()
-              if torch.is_tensor(v) and v.is_floating_point()]  # fmt: skip
+    named += [(f"optimizer state of parameter {i}", v) for i, s in enumerate(optimizer.state.values())
+              for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]  # fmt: skip
     finite = torch.stack([torch.isfinite(t).all() for _, t in named])  # (T,) bool
     if distributed.maximum((~finite.all()).float()).item():
         first = next((k for (k, _), ok in zip(named, finite.tolist(), strict=True) if not ok), "in another process")

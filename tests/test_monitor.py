@@ -204,3 +204,24 @@ def test_curves_png_is_redrawn_at_the_expected_size(tmp_path):
     curves.draw(run)
     assert (run / curves.NAME).read_bytes() != first
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
+def test_curves_are_redrawn_when_the_time_since_the_last_drawing_pays_for_it(tmp_path, monkeypatch):
+    from affssl import watch
+    from affssl.spec import RunSpec
+
+    drawn: list[int] = []
+    monkeypatch.setattr(curves, "draw", lambda run: drawn.append(len(drawn)))
+    with watch.Watch(tmp_path, RunSpec()) as w:
+        w.epoch_end()  # the first epoch is drawn: the run's start cost nothing
+        w.draw_cost_s = 3600.0  # a drawing as slow as an hour: not worth redrawing after a quick epoch
+        w.epoch_end()
+        assert len(drawn) == 1
+        w.epoch_end(final=True)  # the last epoch always is
+        assert len(drawn) == 2
+        w.epoch_end()
+        assert len(drawn) == 2
+    assert len(drawn) == 3  # an epoch left undrawn is drawn on exit
+    w.draw_cost_s, w.drawn_at = 0.0, 0.0
+    w.epoch_end()
+    assert len(drawn) == 4  # cheap drawings redraw at every epoch
