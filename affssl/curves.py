@@ -1,4 +1,4 @@
-"""RUN/curves.png: a run's curves drawn from its metrics.jsonl, redrawn at each epoch's end.
+"""RUN/curves.png: a run's curves drawn from its metrics.jsonl, redrawn as epochs end (affssl.watch says when).
 
 Six panels: the loss terms, the learning rate and img/s per logged step; the online monitor's kNN
 top-1 and the affine head's R² per component per epoch (affssl.monitor); the seconds an epoch's
