@@ -163,7 +163,8 @@ def startup_line(subset: Subset | None, spec: RunSpec) -> str | None:
     """The note at a run's start: what decoding a subset from chunks cost, or that an unlabelled set has no monitor."""
     if subset is None:
         unlabelled = spec.train.monitor_every and not labelled(spec.data.dataset)
-        return "no online monitor: the training images have no labels" if unlabelled else None
+        return f"data set {spec.data.dataset} is unlabelled: no online monitor (its kNN needs labels)" if unlabelled \
+            else None  # fmt: skip
     if not subset.setup_s:
         return None
     mib = (len(subset.bank) + len(subset.queries)) * subset.bank.source[0].numel() / 2**20
