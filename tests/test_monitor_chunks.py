@@ -108,3 +108,27 @@ def test_unlabelled_chunks_have_no_monitor_and_say_so_once(tmp_path, capsys):
     pretrain(spec_for(folder, tmp_path / "cache", "data.storage=chunks", "data.workers=0", "train.epochs=1"), run)
     assert capsys.readouterr().err.count(f"note: data set {folder} is unlabelled: no online monitor (its kNN") == 1
     assert not any(k.startswith("monitor_") for r in runs.read_metrics(run) for k in r)
+
+
+@pytest.mark.parametrize("subset", [False, True], ids=["all-classes", "classes-file"])
+def test_queries_come_from_the_test_split_the_tensor_storage_finds(tmp_path, subset):
+    # ILSVRC-2012 as Kaggle ships it: a flat val/ labelled by the csv at the top, train/ in ILSVRC/Data/CLS-LOC.
+    from test_imagenet import WNIDS, _flat_val, _train
+
+    from affssl.data.folders import scan_folder
+    from affssl.data.imagenet import KAGGLE_TREE, read_classes_file
+    from affssl.data.monitorset import find_test_split
+
+    top = tmp_path / "kaggle"
+    _train(top / KAGGLE_TREE)
+    _flat_val(top / KAGGLE_TREE, csv_at=top)
+    extra = []
+    if subset:
+        (tmp_path / "two.txt").write_text(f"{WNIDS[2]}\n{WNIDS[0]}\n")
+        extra = [f"data.classes_file={tmp_path / 'two.txt'}"]
+    spec = spec_for(top, tmp_path / "cache", *extra)
+    keep = read_classes_file(spec.data.classes_file) if subset else None
+    splits, classes, _ = scan_folder(top, keep=keep)  # what the tensor storage loads
+    files, labels = find_test_split(spec.data, classes)
+    assert files == splits["test"][0] and labels.tolist() == splits["test"][1]
+    assert len(files) == (2 if subset else 3)
