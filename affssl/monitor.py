@@ -20,9 +20,10 @@ in memory, they are decoded once at the run's start with the tensor cache's tran
 
 Watching never changes training (design rule 17): the monitor draws no number from a training
 generator, restores every module's train/eval mode and leaves every parameter and buffer as it
-was; tests/test_monitor.py checks bit-identical checkpoints with and without it. Under torchrun
-each process embeds every world-th batch and the features are gathered in order, so every process
-holds the same result as one process would (the same batches through the same kernels).
+was; tests/test_monitor.py (tests/test_monitor_chunks.py on chunks) checks bit-identical checkpoints
+with and without it. Under torchrun each process embeds every world-th batch and the features are
+gathered in order, so every process holds the same result as one process would (the same batches
+through the same kernels).
 
 Dimensions: N bank images, M queries, W warped queries, F feature dimension, D head input width.
 """
