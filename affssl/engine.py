@@ -106,11 +106,10 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     elif distributed.is_main():
         run.mkdir(parents=True, exist_ok=True)
         runs.write_spec(run, spec)
-    # fixed images for the online kNN; None: off, no labels, or chunk storage (no decoded set in memory)
-    subset = monitor.pick(feed.data, spec) if isinstance(feed, storage.TensorFeed) else None
-    if spec.train.monitor_every and not isinstance(feed, storage.TensorFeed) and show_progress:
-        notes.append("no online monitor on chunk storage (the decoded set is not in memory); score the "
-                     "epoch checkpoints with `affssl eval knn`")  # fmt: skip
+    # fixed images for the online kNN (None: off, or no labels); decoded once now on chunk storage
+    subset = monitor.pick(feed.data, spec) if isinstance(feed, storage.TensorFeed) else monitor.pick_chunks(
+        feed, spec, show_progress and distributed.is_main())  # fmt: skip
+    notes.append(monitor.startup_line(subset, spec) if show_progress else None)
     watcher = monitor.Monitor(subset, spec, policy, device) if subset is not None else None
     watch, shown = Watch(run, spec, resume_step), ""
 

@@ -13,11 +13,17 @@ from the run's seed with a generator of its own:
   statistics of the scored pairs as in training (see affssl.eval.equivariance.head_r2), computed
   functionally so that no running statistic moves.
 
+The rows are chosen on labels alone (`choose`), so both storages pick the same ones: on tensor
+storage they index the decoded splits in memory (`pick`); on chunk storage, where no decoded set is
+in memory, they are decoded once at the run's start with the tensor cache's transform
+(`pick_chunks`, affssl.data.monitorset), so a monitor image has the same pixels on either storage.
+
 Watching never changes training (design rule 17): the monitor draws no number from a training
 generator, restores every module's train/eval mode and leaves every parameter and buffer as it
-was; tests/test_monitor.py checks bit-identical checkpoints with and without it. Under torchrun
-each process embeds every world-th batch and the features are gathered in order, so every process
-holds the same result as one process would (the same batches through the same kernels).
+was; tests/test_monitor.py (tests/test_monitor_chunks.py on chunks) checks bit-identical checkpoints
+with and without it. Under torchrun each process embeds every world-th batch and the features are
+gathered in order, so every process holds the same result as one process would (the same batches
+through the same kernels).
 
 Dimensions: N bank images, M queries, W warped queries, F feature dimension, D head input width.
 """
@@ -34,7 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affssl import affine, distributed
-from affssl.data import Dataset, stratified
+from affssl.data import Dataset, monitorset, stratified
+from affssl.data.chunkread import ChunkFeed
+from affssl.data.sources import labelled
 from affssl.eval.knn import knn_predict
 from affssl.precision import Policy
 from affssl.spec import RunSpec
@@ -68,6 +76,7 @@ class Subset:
     queries: Images  # M test (or held-out training) images
     phi: Tensor | None  # (W, 6) warps of the first W queries; None with the module off
     n_classes: int
+    setup_s: float = 0.0  # seconds spent decoding the images (chunk storage; 0 when indexed in memory)
 
 
 def monitor_seed(seed: int) -> int:
@@ -75,31 +84,93 @@ def monitor_seed(seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/monitor".encode()).digest()[:8], "little") >> 1
 
 
-def pick(data: Dataset, spec: RunSpec) -> Subset | None:
-    """The fixed subset for a run, or None when the monitor is off or the data set has no labels."""
-    train, test = data.train, data.test
-    if spec.train.monitor_every == 0 or train.labels is None:
+@dataclass(frozen=True)
+class Picks:
+    """Which rows the monitor scores, chosen on labels alone (so both storages pick the same rows)."""
+
+    bank: Tensor  # (N,) sorted rows of the training split
+    queries: Tensor  # (M,) sorted rows of the test split, or of the training split when held_out
+    held_out: bool  # no labelled test split: the queries are training rows kept out of the bank
+    phi: Tensor | None  # (W, 6) warps of the first W queries; None with the module off
+    n_classes: int
+
+
+def choose(train_labels: Tensor | None, test_labels: Tensor | None, spec: RunSpec) -> Picks | None:
+    """The monitor's rows for labels (n_train,) and (n_test,) int64, or None when it is off or there are no labels.
+
+    The one place that defines the picking rules; pick (tensor storage) and pick_chunks apply them.
+    """
+    if spec.train.monitor_every == 0 or train_labels is None:
         return None
     gen = torch.Generator().manual_seed(monitor_seed(spec.train.seed))
-    n_train, n_bank, n_query = len(train.labels), spec.train.monitor_images, spec.train.monitor_queries
-    if test is not None and test.labels is not None and len(test.labels):
-        bank = stratified(train.labels, min(n_bank, n_train), gen)  # (N,) sorted
-        query = stratified(test.labels, min(n_query, len(test.labels)), gen)  # (M,)
-        queries = Images(test.images, query, test.labels[query])
+    n_train, n_bank, n_query = len(train_labels), spec.train.monitor_images, spec.train.monitor_queries
+    held_out = test_labels is None or not len(test_labels)
+    if not held_out:
+        bank = stratified(train_labels, min(n_bank, n_train), gen)  # (N,) sorted
+        query = stratified(test_labels, min(n_query, len(test_labels)), gen)  # (M,)
+        query_labels = test_labels[query]
     else:  # hold queries out of train, the bank from the rest
         if n_train < 2:
             return None
-        query = stratified(train.labels, min(n_query, n_train // 2), gen)  # (M,)
+        query = stratified(train_labels, min(n_query, n_train // 2), gen)  # (M,)
         rest = torch.ones(n_train, dtype=torch.bool)
         rest[query] = False
         rest = rest.nonzero().squeeze(1)  # (n_train − M,)
-        bank = rest[stratified(train.labels[rest], min(n_bank, len(rest)), gen)]
-        queries = Images(train.images, query, train.labels[query])
+        bank = rest[stratified(train_labels[rest], min(n_bank, len(rest)), gen)]
+        query_labels = train_labels[query]
     phi = None
     if spec.affine.enabled:
         phi = affine.sample(min(MONITOR_WARPS, len(query)), spec.affine, spec.data.image_size_px, gen)  # (W, 6)
-    n_classes = int(max(train.labels.max(), queries.labels.max())) + 1
-    return Subset(Images(train.images, bank, train.labels[bank]), queries, phi, n_classes)
+    n_classes = int(max(train_labels.max(), query_labels.max())) + 1
+    return Picks(bank, query, held_out, phi, n_classes)
+
+
+def pick(data: Dataset, spec: RunSpec) -> Subset | None:
+    """The fixed subset of a run on tensor storage, rows of the decoded splits (indexed, not copied), or None."""
+    train, test = data.train, data.test
+    picks = choose(train.labels, None if test is None else test.labels, spec)
+    if picks is None:
+        return None
+    split = train if picks.held_out else test
+    queries = Images(split.images, picks.queries, split.labels[picks.queries])
+    return Subset(Images(train.images, picks.bank, train.labels[picks.bank]), queries, picks.phi, picks.n_classes)
+
+
+def pick_chunks(feed: ChunkFeed, spec: RunSpec, progress: bool = False) -> Subset | None:
+    """The fixed subset of a run on chunk storage: the rows `choose` picks, decoded once (affssl.data.monitorset).
+
+    Rows are those of the feed's training items (after data.limit, as on the tensor storage), so both storages
+    score the same images. The seconds it took are in the subset's setup_s.
+    """
+    t0 = time.perf_counter()
+    labels = None if feed.chunks.labels is None else feed.chunks.labels[feed.items]  # (n_train,)
+    test = None if labels is None else monitorset.find_test_split(spec.data, feed.chunks.classes)
+    picks = choose(labels, None if test is None else test[1], spec)
+    if picks is None:
+        return None
+    files = None if picks.held_out else test[0]
+    size, batch = spec.data.image_size_px, spec.train.batch_size
+    bank, queries, kept = monitorset.decode(feed, size, picks.bank, picks.queries, files, batch, progress)
+    if not len(queries):  # every picked test image unreadable
+        return None
+    query_labels = (labels if picks.held_out else test[1])[picks.queries][kept]  # (M',)
+    phi = None if picks.phi is None else picks.phi[: len(queries)]  # (W, 6)
+    return Subset(Images(bank, torch.arange(len(bank)), labels[picks.bank]),
+                  Images(queries, torch.arange(len(queries)), query_labels), phi, picks.n_classes,
+                  time.perf_counter() - t0)  # fmt: skip
+
+
+def startup_line(subset: Subset | None, spec: RunSpec) -> str | None:
+    """The note at a run's start: what decoding a subset from chunks cost, or that an unlabelled set has no monitor."""
+    if subset is None:
+        unlabelled = spec.train.monitor_every and not labelled(spec.data.dataset)
+        return f"data set {spec.data.dataset} is unlabelled: no online monitor (its kNN needs labels)" if unlabelled \
+            else None  # fmt: skip
+    if not subset.setup_s:
+        return None
+    mib = (len(subset.bank) + len(subset.queries)) * subset.bank.source[0].numel() / 2**20
+    return (f"online monitor: {len(subset.bank):,} + {len(subset.queries):,} images decoded in {subset.setup_s:.1f} s "
+            f"({mib:,.0f} MiB held in memory)")  # fmt: skip
 
 
 def due(spec: RunSpec, epoch: int) -> bool:

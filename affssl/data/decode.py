@@ -71,6 +71,15 @@ def _decode_chunk(pending: list[tuple[str, bytearray | str]], out: Tensor, failu
             failures.append((path, str(err)))
         if isinstance(data, str):  # the read failed
             failures.append((path, data or "unreadable"))
+    square_into(images, out)
+
+
+def square_into(images: list[Tensor | None], out: Tensor) -> None:
+    """Each decoded (3, h_i, w_i) image squared (`square`) into its row of out (n, 3, S, S); None leaves the row.
+
+    Each group of equal-size images is resized in one call. The tensor cache's transform; the online monitor's
+    images on chunk storage go through it too (affssl.data.monitorset).
+    """
     by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, img in enumerate(images):
         if img is not None:

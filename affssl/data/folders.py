@@ -104,6 +104,13 @@ def scan_folder(path: Path, skip: tuple[str, ...] = (),
     return splits, classes, folder
 
 
+def scan_test(path: Path, classes: tuple[str, ...], skip: tuple[str, ...] = (),
+              keep: tuple[str, ...] | None = None) -> tuple[list[Entry], list[int] | None] | None:  # fmt: skip
+    """The labelled test split scan_folder finds for path and its classes (None: none), without scanning train/."""
+    folder = imagenet.data_folder(path.resolve())
+    return _test_split(folder, classes, True, skip, keep) if (folder / "train").is_dir() else None
+
+
 def _test_split(folder: Path, classes: tuple[str, ...], labelled: bool, skip: tuple[str, ...],
                 keep: tuple[str, ...] | None) -> tuple[list[Entry], list[int] | None] | None:  # fmt: skip
     """Tiny ImageNet's val/images, else the first of test/ and val/ labelled as train/ is (none: no test split).
