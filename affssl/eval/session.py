@@ -120,6 +120,7 @@ class Session:
                 "batch_size": self.batch_size,
                 "device": str(self.device),
                 "precision": self.precision,
+                "threads": torch.get_num_threads(),  # CPU results are bit-identical at a fixed thread count
                 **options,
             },
             "cache": self.cache_state,
@@ -127,6 +128,7 @@ class Session:
             "spec": json.loads(src.spec.model_dump_json()) if src.spec is not None else None,
             "affssl_version": __version__,
             "torch_version": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         record["path"] = str(_write_json(src.eval_dir / f"{protocol}-{data.tag}.json", record))
