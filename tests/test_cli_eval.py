@@ -144,17 +144,6 @@ def test_eval_init_random_scores_the_untrained_encoder_of_a_spec(tmp_path, monke
 # --threads: resolved on the machine that evaluates, printed once, kept in the record
 
 
-@pytest.fixture()
-def keep_threads(monkeypatch):
-    """Eval sets torch's threads for the whole process: give later tests theirs back."""
-    import torch
-
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_eval_threads_auto_is_this_machines_not_the_checkpoints(make_checkpoint, tmp_path, monkeypatch, keep_threads):
     import torch
 

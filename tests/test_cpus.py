@@ -25,15 +25,7 @@ from affssl.spec import RunSpec, load_spec
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "data.limit=64", "train.epochs=1",
         "method.proj_hidden=32", "method.proj_out=16", "affine.head_hidden=32", "train.device=cpu"]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def keep_threads(monkeypatch):
-    """The engine sets torch's threads for the whole process: give later tests theirs back."""
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # conftest: the engine sets torch's threads for the process
 
 
 def write(path: Path, text: str) -> Path:
