@@ -22,7 +22,7 @@ img/s = source images per second (each gives two views, so two encoder passes, o
 ratio = affssl / peer. Repeats alternate the two; medians. The peer's workers are started before
 each of its timed phases and stopped after it, so they never compete with the affssl phase; its
 prefetch queue may hold a few batches when timing starts (in the peer's favour). `--json PATH`
-also writes the figures as JSON.
+also writes the figures as JSON. dino_peer.py takes its peer data path, timing and table from here.
 """
 
 from __future__ import annotations
