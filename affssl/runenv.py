@@ -4,7 +4,10 @@ Bit-identical results hold on CPU for the same seed at the same thread count, CP
 instruction set torch's kernels dispatch to: `torch.backends.cpu.get_cpu_capability()`) and torch
 version; docs/reproducibility.md says why. The engine stores the resolved thread count in the spec
 (RUN/spec.json, the checkpoint header) and the other two in the checkpoint header, and a resume that
-differs in any of them continues with one line saying so.
+differs in any of them continues with one line saying so. `affssl eval` takes its own `--threads`
+(auto by default: this machine's figure, never the number a checkpoint's spec stores from the
+machine it trained on), and an ablation probes each run at that run's train.threads (a worker's
+share with --jobs); eval records keep the count used.
 
 The busy line: on a CPU run, /proc/stat is sampled for AFFSSL_BUSY_SAMPLE_S seconds (0.5 by default;
 0 turns the check off, as the tests do). It only informs; `threads = "auto"` never depends on load.
@@ -18,6 +21,7 @@ import sys
 import torch
 
 from affssl import cpus, distributed
+from affssl.errors import UserError
 from affssl.spec import RunSpec
 
 # The issue's measurement of the default run on 2 cores: 22 s alone, 84–109 s beside a 2-thread matrix product.
@@ -29,12 +33,27 @@ def with_threads(spec: RunSpec, threads: int) -> RunSpec:
     return spec.model_copy(update={"train": spec.train.model_copy(update={"threads": threads})})
 
 
+def set_threads(threads: str | int, given_by: str = "train.threads") -> tuple[int, str]:
+    """Set torch's intra-op threads ("auto": resolved on this machine, affssl.cpus); the count and its line."""
+    n = cpus.resolve(threads)
+    torch.set_num_threads(n)
+    return n, f"threads: {cpus.describe(n) if threads == 'auto' else f'{n} ({given_by})'}"
+
+
 def apply_threads(spec: RunSpec) -> tuple[RunSpec, str]:
     """Set torch's intra-op threads per train.threads; returns the resolved spec and the line that says so."""
-    threads = cpus.resolve(spec.train.threads)
-    torch.set_num_threads(threads)
-    source = cpus.describe(threads) if spec.train.threads == "auto" else f"{threads} (train.threads)"
-    return with_threads(spec, threads), f"threads: {source}"
+    threads, line = set_threads(spec.train.threads)
+    return with_threads(spec, threads), line
+
+
+def threads_option(text: str) -> str | int:
+    """A `--threads` value: "auto" or a whole number ≥ 1; anything else is a one-line error."""
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"--threads {text!r}: give auto or a whole number of threads (at least 1)")
+    return int(value)
 
 
 def fingerprint() -> dict[str, str]:

@@ -1,9 +1,15 @@
-"""Shared fixtures: the real CIFAR-10 image folder, extracted once per session."""
+"""Shared fixtures and helpers: the real CIFAR-10 image folder, tiny checkpoints, torch's thread count kept,
+checkpoint headers and tensors compared, functions run in forked gloo processes.
+
+Test modules import the plain helpers by name (`from conftest import header`).
+"""
 
 from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -68,3 +74,63 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 def tiny_checkpoint(make_checkpoint) -> Path:
     """ResNet-18 of width 8 at 16 px, SimCLR + affine module, data set digits."""
     return make_checkpoint(TINY, "tiny")
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads, checkpoints, gloo processes
+
+
+@pytest.fixture()
+def keep_threads(monkeypatch):
+    """Runs and evals set torch's threads for the whole process: give later tests theirs back (no OMP cap)."""
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def header(path: Path) -> dict:
+    """A safetensors file's metadata (a checkpoint's header)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+def assert_same_tensors(a: Path, b: Path) -> None:
+    """Two safetensors files hold the same names and bit-identical tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(a), load_file(b)
+    assert ta.keys() == tb.keys()
+    assert [k for k in ta if not torch.equal(ta[k], tb[k])] == []
+
+
+def _gloo_rank(rank: int, fn: Callable[[int], object], folder: str, world: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))  # fmt: skip
+    try:
+        torch.save(fn(rank), f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_gloo(fn: Callable[[int], object], folder: Path, world: int = 2) -> list:
+    """fn(rank) in `world` forked gloo CPU processes of one thread each; what each returned (torch.save-able), by rank.
+
+    fork: the children reuse this process's imports (spawn re-imports torch: ~10 s per child here).
+    """
+    import torch
+    import torch.multiprocessing as mp
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")
+        mp.start_processes(_gloo_rank, args=(fn, str(folder), world), nprocs=world, start_method="fork")
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(world)]

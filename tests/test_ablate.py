@@ -309,6 +309,31 @@ def test_stale_eval_is_redone_without_retraining_and_other_specs_are_refused(tmp
     assert other.trained == []
 
 
+def test_probes_run_at_the_runs_thread_count_also_when_only_evaluating(tmp_path, fakes, monkeypatch):
+    from affssl import cpus
+
+    argv, seen = [*FAST, "--seeds", "1", "--out", str(tmp_path)], []
+
+    def install() -> Fakes:
+        f = fakes()
+        probe = lambda ckpt, **kw: seen.append(torch.get_num_threads()) or f.evaluate_linear(ckpt, **kw)  # noqa: E731
+        monkeypatch.setattr(affssl.eval, "evaluate_linear", probe)
+        return f
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the fake engine sets no threads: the probes' count comes from the runner
+        install()
+        assert runner.invoke(app, [*argv, "--set", "train.threads=1"]).exit_code == 0
+        assert seen == [1] * 4
+        monkeypatch.setattr(cpus, "available", lambda *a, **k: 3)  # auto: this machine's figure
+        again = install()
+        assert runner.invoke(app, [*argv, "--eval-trials", "3"]).exit_code == 0  # stale records: probes only
+        assert again.trained == [] and seen == [1] * 4 + [3] * 4
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_run_folder_written_by_a_live_process_is_refused_in_one_line(tmp_path, fakes):
     run = tmp_path / "simclr/base/seed-0"  # the plan's first run
     run.mkdir(parents=True)
@@ -512,6 +537,8 @@ def test_jobs_run_the_same_runs_as_one_at_a_time_and_wait_for_equal_time_referen
         if row["kind"] != "equal-time":  # its epochs come from measured times, which differ between calls
             for metric in ("linear-digits", "knn-digits-k20", "final_loss", "epochs"):
                 assert row[metric] == one[run][metric], (run, metric)
+    record = json.loads((tmp_path / "jobs/simclr/base/seed-0/eval/knn-digits.json").read_text())
+    assert record["options"]["threads"] == worker_threads(2)  # a worker probes on its share
     for seed in (0, 1):  # an equal-time run started after its references finished: its epochs are theirs
         folder = tmp_path / "jobs" / f"simclr/base-equal-time/seed-{seed}"
         match = json.loads((folder / "match.json").read_text())

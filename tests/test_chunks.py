@@ -19,6 +19,8 @@ from typer.testing import CliRunner
 
 pytest.importorskip("litdata")
 
+from conftest import assert_same_tensors
+
 from affssl import faults, runs
 from affssl.checkpoint import CheckpointError
 from affssl.cli import app
@@ -51,12 +53,6 @@ def make_folder(root: Path, per_class: int = 24, square: int | None = None, seed
 
 def spec_for(folder: Path, cache: Path, *overrides: str):
     return load_spec("default", [*TINY, f"data.dataset={folder}", f"data.root={cache}", *overrides])
-
-
-def assert_same_tensors(a: Path, b: Path) -> None:
-    ta, tb = load_file(a), load_file(b)
-    assert ta.keys() == tb.keys()
-    assert [k for k in ta if not torch.equal(ta[k], tb[k])] == []
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ import pytest
 
 pytest.importorskip("litdata")
 
-from test_chunks import TINY, assert_same_tensors, make_folder
-from test_faults import header, step_lines, wait_for, worker_of_rank
+from conftest import assert_same_tensors, header
+from test_chunks import TINY, make_folder
+from test_faults import step_lines, wait_for, worker_of_rank
 
 from affssl import runs
 

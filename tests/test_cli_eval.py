@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from affssl import cpus
 from affssl.cli import app
 
 runner = CliRunner()
@@ -124,7 +128,7 @@ def test_eval_init_random_scores_the_untrained_encoder_of_a_spec(tmp_path, monke
     tiny = ["--set", "backbone.width=4", "--set", "data.image_size_px=8", "--limit", "100", "--device", "cpu"]
     result = runner.invoke(app, ["eval", "knn", "--init", "random", "default", *tiny, "--json"])
     assert result.exit_code == 0, result.output
-    record = json.loads(result.output)
+    record = json.loads(result.stdout)  # stderr holds the threads line
     assert record["checkpoint"]["epoch"] == "0" and record["spec"]["backbone"]["width"] == 4
     (folder,) = (tmp_path / "floors").iterdir()
     assert Path(record["path"]).resolve().parent == folder.resolve() / "eval"
@@ -134,3 +138,48 @@ def test_eval_init_random_scores_the_untrained_encoder_of_a_spec(tmp_path, monke
     assert result.exit_code == 0 and (tmp_path / "run/floor/last.safetensors").is_file()
     refused = runner.invoke(app, ["eval", "knn", "run/floor/last.safetensors", "--set", "train.seed=1"])
     assert refused.exit_code == 2 and "--init random" in refused.output
+
+
+# ---------------------------------------------------------------------------------------------
+# --threads: resolved on the machine that evaluates, printed once, kept in the record
+
+
+def test_eval_threads_auto_is_this_machines_not_the_checkpoints(make_checkpoint, tmp_path, monkeypatch, keep_threads):
+    import torch
+
+    tiny = ("backbone.width=8", "data.image_size_px=16", "data.dataset=digits")  # conftest's tiny checkpoint
+    ckpt = make_checkpoint((*tiny, "train.threads=3"), "trained-on-3")  # its spec resolved on a 3-CPU machine
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpus, "available", lambda *a, **k: 1)  # this machine: 1 CPU
+    torch.set_num_threads(2)
+    result = runner.invoke(app, ["eval", "knn", str(ckpt), "--limit", "100", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["spec"]["train"]["threads"] == 3 and record["options"]["threads"] == 1
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: threads:")]
+    assert len(notes) == 1 and notes[0].startswith("note: threads: 1 ("), result.stderr  # printed once
+    given = runner.invoke(app, ["eval", "embed", str(ckpt), "--points", "20", "--method", "tsne", "--device", "cpu",
+                                "--threads", "2", "--json"])  # fmt: skip
+    assert given.exit_code == 0, given.output
+    assert json.loads(given.stdout)["options"]["threads"] == 2 and torch.get_num_threads() == 2
+    assert "note: threads: 2 (--threads)" in given.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_eval_threads_other_than_auto_or_a_count_is_one_line(run_ckpt, value):
+    result = runner.invoke(app, ["eval", "knn", str(run_ckpt), "--threads", value])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --threads") and "auto" in lines[0], result.output
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")
+def test_eval_under_taskset_to_one_cpu_probes_on_one_thread(run_ckpt):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    argv = [sys.executable, "-m", "affssl", "eval", "knn", str(run_ckpt), "--limit", "100", "--device", "cpu", "--json"]
+    done = subprocess.run(["taskset", "-c", "0", *argv], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["options"]["threads"] == 1
+    assert "note: threads: 1 (1 CPUs in the affinity mask" in done.stderr

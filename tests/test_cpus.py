@@ -19,20 +19,13 @@ from safetensors import safe_open
 
 from affssl import cpus, runenv, runs
 from affssl.engine import pretrain
+from affssl.errors import UserError
 from affssl.spec import RunSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "data.limit=64", "train.epochs=1",
         "method.proj_hidden=32", "method.proj_out=16", "affine.head_hidden=32", "train.device=cpu"]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def keep_threads(monkeypatch):
-    """The engine sets torch's threads for the whole process: give later tests theirs back."""
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # conftest: the engine sets torch's threads for the process
 
 
 def write(path: Path, text: str) -> Path:
@@ -69,6 +62,15 @@ def test_omp_num_threads_caps_auto(monkeypatch, tmp_path):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert cpus.available(tmp_path, tmp_path / "none", cpus=set(range(8))) == 3
     assert cpus.resolve(5) == 5  # a number is taken as given
+
+
+def test_threads_option_takes_auto_or_a_count_and_sets_torch():
+    assert runenv.threads_option("auto") == "auto" and runenv.threads_option(" AUTO ") == "auto"
+    assert runenv.threads_option("3") == 3
+    for bad in ("0", "-2", "1.5", "many", ""):
+        with pytest.raises(UserError, match="--threads"):
+            runenv.threads_option(bad)
+    assert runenv.set_threads(1, "--threads") == (1, "threads: 1 (--threads)") and torch.get_num_threads() == 1
 
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")

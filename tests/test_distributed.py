@@ -21,14 +21,12 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from conftest import run_gloo
 from safetensors import safe_open
 from torch import nn
 
@@ -151,25 +149,10 @@ def run_all(rows: slice) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
-def worker(rank: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))  # fmt: skip
-    try:
-        n = BATCH // WORLD
-        torch.save(run_all(slice(rank * n, (rank + 1) * n)), f"{folder}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    folder = tmp_path_factory.mktemp("ddp")
-    with pytest.MonkeyPatch.context() as mp_env:
-        mp_env.setenv("OMP_NUM_THREADS", "1")
-        # fork: the children reuse this process's imports (spawn re-imports torch: ~10 s per child here)
-        mp.start_processes(worker, args=(str(folder),), nprocs=WORLD, start_method="fork")
-    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    n = BATCH // WORLD
+    return run_gloo(lambda rank: run_all(slice(rank * n, (rank + 1) * n)), tmp_path_factory.mktemp("ddp"), WORLD)
 
 
 @pytest.fixture(scope="module")

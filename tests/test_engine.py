@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import header
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from affssl import runs
@@ -28,11 +28,6 @@ CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.t
 
 def tiny(*overrides: str) -> RunSpec:
     return load_spec("default", [*TINY, *overrides])
-
-
-def header(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from conftest import assert_same_tensors, header
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -30,17 +30,6 @@ TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "dat
 
 def tiny(*overrides: str) -> RunSpec:
     return load_spec("default", [*TINY, *overrides])
-
-
-def header(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata()
-
-
-def assert_same_tensors(a: Path, b: Path) -> None:
-    ta, tb = load_file(a), load_file(b)
-    assert ta.keys() == tb.keys()
-    assert [k for k in ta if not torch.equal(ta[k], tb[k])] == []
 
 
 def step_lines(run: Path) -> list[tuple[str, int]]:

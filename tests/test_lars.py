@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 import shutil
-from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from conftest import run_gloo
 from safetensors.torch import load_file
 from torch import nn
 
@@ -184,23 +183,11 @@ def ddp_steps(rows: slice) -> dict[str, torch.Tensor]:
     }
 
 
-def worker(rank: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))  # fmt: skip
-    try:
-        n = BATCH // WORLD
-        torch.save(ddp_steps(slice(rank * n, (rank + 1) * n)), f"{folder}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_processes_take_the_same_lars_steps_as_one(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    mp.start_processes(worker, args=(str(tmp_path),), nprocs=WORLD, start_method="fork")
+def test_two_processes_take_the_same_lars_steps_as_one(tmp_path):
+    n = BATCH // WORLD
+    shards = run_gloo(lambda rank: ddp_steps(slice(rank * n, (rank + 1) * n)), tmp_path, WORLD)
     one = ddp_steps(slice(None))
-    for r in range(WORLD):
-        shard = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+    for shard in shards:
         assert shard.keys() == one.keys()
         for k in one:
             torch.testing.assert_close(shard[k], one[k], rtol=1e-12, atol=1e-14, msg=lambda m, k=k: f"{k}: {m}")

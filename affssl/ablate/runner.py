@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import affssl.eval as evaluation
-from affssl import checkpoint, engine, floor, runlock, runs
+from affssl import checkpoint, engine, floor, runenv, runlock, runs
 from affssl.ablate import study
 from affssl.ablate.planning import EvalSettings, PlannedRun
 from affssl.checkpoint import CheckpointError
@@ -98,6 +98,7 @@ def advance(
         train(run, folder, resume=state == "resume", data=_data(run.spec, cache))
     if m is not None:
         study.write_match(folder, m)  # after train(): a fresh start empties the folder
+    runenv.set_threads(run.spec.train.threads)  # probes at the run's count (a worker's share), trained now or not
     phase("evaluate")
     evaluate(run, folder, ev)
     if ev.curve:

@@ -2,6 +2,8 @@
 
 Each command rebuilds the backbone from the file's header (no --arch) and calls one of affssl.eval's
 evaluate_<protocol> functions; the record is shown as a table or, with --json, one JSON object.
+`--threads` (auto: this machine's CPUs, affssl.runenv) is set before anything computes, its line
+printed on stderr once the record is in; the record keeps the count (options.threads).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ EvalBatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.
 EvalSeedOpt = Annotated[int, typer.Option(help="Base seed of the validation splits, carved splits and φ draws.")]
 EvalLimitOpt = Annotated[int | None, typer.Option(min=1, help="Probe with N train images (stratified): quick look.")]
 CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and keep features in RUN/eval/cache.")]
+ThreadsOpt = Annotated[
+    str,
+    typer.Option(
+        metavar="auto|N",
+        help="torch's CPU threads; auto: this machine's CPUs (affinity mask, cgroup quota), not the checkpoint's.",
+    ),
+]
 
 
 def _show(record: dict, as_json: bool) -> None:
@@ -47,10 +56,20 @@ InitOpt = Annotated[str, typer.Option(help="trained: probe CKPT; random: the unt
                                            "TOML, preset or RUN/spec.json; + --set), BatchNorm settled.")]  # fmt: skip
 
 
-def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_=None, **options) -> None:
+def _threads(threads: str) -> str:
+    """Apply --threads (affssl.runenv) before anything computes; the line to print once the eval has run."""
+    from affssl import runenv
+
+    return runenv.set_threads(runenv.threads_option(threads), "--threads")[1]
+
+
+def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_=None, threads: str = "auto",
+           **options) -> None:  # fmt: skip
     """Run one of affssl.eval's evaluate_<protocol> functions and show its record."""
     import affssl.eval
+    from affssl import runenv
 
+    threads_line = _threads(threads)
     evaluate = getattr(affssl.eval, f"evaluate_{protocol}")
     if init == "random":  # the floor: RUN/floor or floors/<spec hash>/last.safetensors (affssl.floor)
         from affssl import floor
@@ -65,7 +84,9 @@ def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_
         raise UserError(f"--init {init!r}: choose trained or random")
     elif set_:
         raise UserError("--set applies to --init random only; a checkpoint carries its own spec")
-    _show(evaluate(ckpt, progress=err.is_terminal, **options), as_json)
+    record = evaluate(ckpt, progress=err.is_terminal, **options)
+    runenv.say(threads_line)
+    _show(record, as_json)
 
 
 @app.command("linear", cls=Command)
@@ -82,10 +103,11 @@ def eval_linear(
     cache: CacheOpt = True,
     init: InitOpt = "trained",
     set_: SetOpt = None,
+    threads: ThreadsOpt = "auto",
 ) -> None:
     """The paper's linear probe: logistic regression, C chosen on a validation split of train; mean ± 95 % CI."""
-    _probe("linear", ckpt, json_, init, set_, trials=trials, dataset=dataset, seed=seed, limit=limit, device=device,
-           batch_size=batch_size, cache=cache)  # fmt: skip
+    _probe("linear", ckpt, json_, init, set_, threads, trials=trials, dataset=dataset, seed=seed, limit=limit,
+           device=device, batch_size=batch_size, cache=cache)  # fmt: skip
 
 
 @app.command("knn", cls=Command)
@@ -101,9 +123,10 @@ def eval_knn(
     cache: CacheOpt = True,
     init: InitOpt = "trained",
     set_: SetOpt = None,
+    threads: ThreadsOpt = "auto",
 ) -> None:
     """Weighted cosine kNN (k = 20 and 200, T = 0.1) on frozen features."""
-    _probe("knn", ckpt, json_, init, set_, dataset=dataset, seed=seed, limit=limit, device=device,
+    _probe("knn", ckpt, json_, init, set_, threads, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
@@ -120,9 +143,10 @@ def eval_affine(
     cache: CacheOpt = True,
     init: InitOpt = "trained",
     set_: SetOpt = None,
+    threads: ThreadsOpt = "auto",
 ) -> None:
     """Equivariance probe: R² of φ (rotation, translation, scale, shear) from features of an image and its warp."""
-    _probe("affine", ckpt, json_, init, set_, dataset=dataset, seed=seed, limit=limit, device=device,
+    _probe("affine", ckpt, json_, init, set_, threads, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
 
 
@@ -141,12 +165,16 @@ def eval_embed(
     batch_size: EvalBatchOpt = 256,
     seed: EvalSeedOpt = 0,
     cache: CacheOpt = True,
+    threads: ThreadsOpt = "auto",
 ) -> None:
     """A 2-D map (t-SNE or UMAP) of the test features, coloured by class, as a PNG."""
+    from affssl import runenv
     from affssl.eval.embed import evaluate_embed
 
+    threads_line = _threads(threads)
     record = evaluate_embed(ckpt, dataset=dataset, out=out_path, method=method, points=points, seed=seed,
                             device=device, batch_size=batch_size, cache=cache, progress=err.is_terminal)  # fmt: skip
+    runenv.say(threads_line)
     if json_:
         typer.echo(json.dumps(record))
         return

@@ -15,7 +15,7 @@ from pathlib import Path
 from affssl.checkpoint import TRAIN_FORMAT
 from affssl.data import Dataset
 from affssl.errors import UserError
-from affssl.eval.features import backbone_tensors, build_from, load_backbone
+from affssl.eval.features import load_backbone
 from affssl.eval.knn import KS, TEMPERATURE, knn_accuracy
 from affssl.eval.session import EVAL_FORMAT, Session, load_learner
 from affssl.spec import AffineSpec
@@ -49,8 +49,7 @@ def evaluate_linear(
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     run = Session(ckpt, dataset, seed, limit, device, batch_size, cache, progress, data, need_labels=True)
-    backbone = build_from(run.source, backbone_tensors(run.source))
-    h_train, h_test = run.features(backbone, "train"), run.features(backbone, "test")
+    h_train, h_test = run.frozen_features("train", "test")
     with run.timed("probe"):
         result = linear_probe(h_train, run.data.train.labels, h_test, run.data.test.labels, trials, seed, max_iter)
     return run.finish("linear", result.summary(), seeds=[seed + t for t in range(trials)], max_iter=max_iter)
@@ -70,8 +69,7 @@ def evaluate_knn(
 ) -> dict:
     """Weighted cosine kNN (k = 20, 200; T = 0.1): top-1 accuracy in % on test."""
     run = Session(ckpt, dataset, seed, limit, device, batch_size, cache, progress, data, need_labels=True)
-    backbone = build_from(run.source, backbone_tensors(run.source))
-    h_train, h_test = run.features(backbone, "train"), run.features(backbone, "test")
+    h_train, h_test = run.frozen_features("train", "test")
     with run.timed("probe"):
         acc = knn_accuracy(h_train, run.data.train.labels, h_test, run.data.test.labels)
     result = {"top1_pct": {str(k): acc[k] for k in KS}, "ks": list(KS), "temperature": TEMPERATURE}
@@ -97,7 +95,7 @@ def evaluate_affine(
     source, size = run.source, run.data.image_size_px
     trained = source.spec.affine if source.spec is not None else AffineSpec()
     learner = load_learner(source) if source.format == TRAIN_FORMAT and trained.enabled else None
-    backbone = learner.backbone if learner is not None else build_from(source, backbone_tensors(source))
+    backbone = learner.backbone if learner is not None else run.backbone()
     spec = equivariance.probe_spec(trained)
     offset = equivariance.PROBE_SEED_OFFSET
     phi = {s: equivariance.sample_phi(len(run.split(s).images), spec, size, seed + offset[s]) for s in offset}

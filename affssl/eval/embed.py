@@ -19,7 +19,6 @@ from torch import Tensor
 from affssl import atomic
 from affssl.data import Dataset
 from affssl.errors import UserError
-from affssl.eval.features import backbone_tensors, build_from
 from affssl.eval.session import Session
 
 METHODS = ("auto", "tsne", "umap")
@@ -104,8 +103,7 @@ def evaluate_embed(
     if points < 3:
         raise UserError(f"--points must be at least 3, got {points}")
     run = Session(ckpt, dataset, seed, None, device, batch_size, cache, progress, data, need_labels=False)
-    backbone = build_from(run.source, backbone_tensors(run.source))
-    h = run.features(backbone, "test")  # (N, F)
+    (h,) = run.frozen_features("test")  # (N, F)
     labels = run.data.test.labels
     n = min(points, h.shape[0])
     keep = torch.randperm(h.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values  # (n,)

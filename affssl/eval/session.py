@@ -19,7 +19,15 @@ from torch import Tensor
 
 from affssl import atomic
 from affssl.checkpoint import CheckpointError
-from affssl.eval.features import Source, cached_features, open_source, read_tensors, resolve_device
+from affssl.eval.features import (
+    Source,
+    backbone_tensors,
+    build_from,
+    cached_features,
+    open_source,
+    read_tensors,
+    resolve_device,
+)
 from affssl.eval.splits import EvalData, load_eval_data
 from affssl.spec import AffineSpec
 
@@ -67,6 +75,15 @@ class Session:
         t = time.perf_counter()
         yield
         self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - t
+
+    def backbone(self):
+        """The file's frozen backbone, rebuilt from its header and tensors."""
+        return build_from(self.source, backbone_tensors(self.source))
+
+    def frozen_features(self, *splits: str) -> tuple[Tensor, ...]:
+        """Features (N, F) of each split from the file's own backbone (the probes' and the map's input)."""
+        backbone = self.backbone()
+        return tuple(self.features(backbone, which) for which in splits)
 
     def features(self, backbone, which: str, phi: Tensor | None = None, affine_spec: AffineSpec | None = None):
         images = self.split(which).images
@@ -120,6 +137,7 @@ class Session:
                 "batch_size": self.batch_size,
                 "device": str(self.device),
                 "precision": self.precision,
+                "threads": torch.get_num_threads(),  # CPU results are bit-identical at a fixed thread count
                 **options,
             },
             "cache": self.cache_state,
@@ -127,6 +145,7 @@ class Session:
             "spec": json.loads(src.spec.model_dump_json()) if src.spec is not None else None,
             "affssl_version": __version__,
             "torch_version": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         record["path"] = str(_write_json(src.eval_dir / f"{protocol}-{data.tag}.json", record))
