@@ -66,15 +66,17 @@ def cgroup_quota(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> f
     return min(quotas) if quotas else None
 
 
-def available(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP, cpus: set[int] | None = None) -> int:
-    """CPUs a run may use: the affinity mask capped by the cgroup quota (floor, ≥ 1) and by OMP_NUM_THREADS."""
+def available(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP, cpus: set[int] | None = None,
+              omp: bool = True) -> int:  # fmt: skip
+    """CPUs a run may use: the affinity mask capped by the cgroup quota (floor, ≥ 1) and, with `omp`, by
+    OMP_NUM_THREADS (a cap on threads, not on processes: loader workers take omp=False)."""
     n = len(cpus if cpus is not None else affinity())
     quota = cgroup_quota(root, self_cgroup)
     if quota is not None:
         n = min(n, max(1, math.floor(quota)))
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if omp.isdigit() and int(omp) > 0:
-        n = min(n, int(omp))
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip() if omp else ""
+    if cap.isdigit() and int(cap) > 0:
+        n = min(n, int(cap))
     return max(1, n)
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/contention.py                                   # `affssl pretrain` as shipped, median of 3
     python benchmarks/contention.py --repeats 1 --set train.epochs=1 --set data.limit=256   # a quick check
+    python benchmarks/contention.py --only load:1 --set train.monitor_every=0   # the run as it was before the monitor
 
 Each measurement is the wall time of a fresh `affssl pretrain --no-progress` process (import, data
 load and training: what a person waits for), with OMP_NUM_THREADS removed from its environment so
@@ -67,10 +68,13 @@ def main() -> None:
     p.add_argument("--load-threads", type=int, default=2)
     p.add_argument("--matrix", type=int, default=1024, help="side of the load's square matrices")
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for the run (a smaller one)")
+    p.add_argument("--only", default=None, help="conditions to run, e.g. 'alone:auto,load:1' (alone is always run)")
     args = p.parse_args()
-    times: dict[tuple[str, str], list[float]] = {c: [] for c in CONDITIONS}
+    wanted = {("alone" if w == "alone" else "beside load", t) for w, t in
+              (c.split(":") for c in args.only.split(","))} if args.only else set(CONDITIONS)  # fmt: skip
+    times: dict[tuple[str, str], list[float]] = {c: [] for c in CONDITIONS if c in wanted or c == CONDITIONS[0]}
     for _ in range(args.repeats):
-        for where, threads in CONDITIONS:
+        for where, threads in times:
             load = with_load(args.load_threads, args.matrix) if where != "alone" else None
             try:
                 times[(where, threads)].append(timed_run(threads, args.sets))

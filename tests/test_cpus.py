@@ -85,6 +85,18 @@ def test_taskset_to_one_cpu_runs_one_thread():
     assert "threads: 1 (1 CPUs in the affinity mask" in done.stdout
 
 
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")
+def test_loader_workers_count_the_cpus_a_run_may_use_not_the_hosts():
+    code = "from affssl.data.chunkread import default_workers; print(default_workers())"
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # a thread cap, not a process cap
+    one = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, check=True)  # fmt: skip
+    assert one.stdout.split() == ["1"]
+    every = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                           check=True)  # fmt: skip
+    assert every.stdout.split() == [str(max(1, min(8, cpus.available(omp=False))))]
+
+
 def test_busy_cpus_from_two_proc_stat_samples(tmp_path):
     stat = write(tmp_path / "stat", "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 10 0 10 70 10 0 0 0 0 0\ncpu1 0 0 0 100 0 0 0 0\n")
     assert cpus.cpu_times(stat) == {0: (20, 100), 1: (0, 100)}  # idle and iowait are not busy

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from affssl import cpus
 from affssl.data import crops
 from affssl.data.chunkwrite import META
 from affssl.data.dataset import DataError
@@ -69,9 +70,10 @@ def check_files(folder: Path) -> None:
 
 
 def default_workers() -> int:
-    """Loader processes per training process: the node's CPUs shared by its processes, 1 to 8."""
+    """Loader processes per training process: the CPUs the node's processes may use (the affinity mask capped
+    by the cgroup quota, as train.threads = auto counts them: affssl.cpus) shared among them, 1 to 8."""
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(8, (os.cpu_count() or 1) // per_node))
+    return max(1, min(8, cpus.available(omp=False) // per_node))
 
 
 class ChunkFeed:
