@@ -123,7 +123,9 @@ class _Reader(torch.utils.data.Dataset):
         if self.dataset is None:  # in the worker: each opens its own reader
             from litdata import StreamingDataset
 
-            self.dataset = StreamingDataset(str(self.folder))
+            # batch_decode=0: deserialize the one item asked for; litdata's auto window (256 items for a bytes
+            # leaf) deserialized 256 to return one on a shuffled read (0.5 ms of the 0.6 ms an image took)
+            self.dataset = StreamingDataset(str(self.folder), batch_decode=0)
         return self.dataset
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor] | list[Tensor]:
