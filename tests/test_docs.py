@@ -82,7 +82,10 @@ def test_every_script_shown_exists_and_takes_its_flags(page):
         for command in line.split("&&"):
             script = re.search(r"python ((?:benchmarks|examples)/\w+\.py)", command)
             if script:
-                source = (ROOT / script.group(1)).read_text() + (ROOT / "benchmarks/_common.py").read_text()
+                path = ROOT / script.group(1)
+                source = path.read_text()  # with the sibling modules it imports its options from
+                siblings = [path.parent / f"{name}.py" for name in re.findall(r"^from (\w+) import", source, re.M)]
+                source += "".join(sibling.read_text() for sibling in siblings if sibling.exists())
                 for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", command.split(" #")[0]):
                     negated = "--" + flag.removeprefix("--no-")  # argparse.BooleanOptionalAction's --no-X
                     assert f'"{flag}"' in source or f'"{negated}"' in source, f"{page.name}: {script.group(1)}: {flag}"
