@@ -3,9 +3,11 @@
 The engine hands every record to `Watch.record` (appended to metrics.jsonl, then sent to the
 loggers of train.loggers) and calls `Watch.epoch_end` after each epoch's record: curves.png is
 redrawn from metrics.jsonl at the last epoch, and before it whenever the time since the last drawing
-is at least DRAW_EVERY_COST times what that drawing took (a drawing costs about 0.3 s here, so on
-epochs of a second or two it is redrawn every few epochs, and drawing stays within about 5 % of
-the run's time; on longer epochs at every one). A run that stops early is drawn once more on exit.
+(or since the run started) is at least DRAW_EVERY_COST times what that drawing took, the first one
+counted at FIRST_DRAW_S (importing matplotlib and drawing: 0.7–1.1 s on a 2-core machine, 0.25 s a
+drawing after it). So drawing stays within about 5 % of a run's time: a run whose epochs take a
+minute is drawn at every epoch, one of 8 two-second epochs (the default run) once, at its end.
+A run that stops early is drawn once more on exit.
 Other ranks' Watch does nothing. Used as a context manager: the
 loggers open on entry (a failure there stops the run before its first step) and close on exit,
 marked failed when the run ends in an exception. A picture that cannot be written warns once and
@@ -24,6 +26,7 @@ from affssl.loggers import Loggers
 from affssl.spec import RunSpec
 
 DRAW_EVERY_COST = 20.0
+FIRST_DRAW_S = 1.0
 
 
 class Watch:
@@ -32,8 +35,8 @@ class Watch:
         self.main = distributed.is_main()
         self.loggers: Loggers | None = None
         self.warned = False
-        self.drawn_at = time.perf_counter()  # the run's start counts as a drawing of no cost
-        self.draw_cost_s = 0.0
+        self.drawn_at = time.perf_counter()  # the run's start counts as a drawing of the first one's cost
+        self.draw_cost_s = FIRST_DRAW_S
         self.undrawn = False  # an epoch record that curves.png does not show yet
 
     def __enter__(self) -> Watch:

@@ -37,3 +37,62 @@ def test_freed_blocks_are_reused_without_page_faults():
     faults, growth_kib = faults_and_growth_kib("keep")
     assert faults < 200  # reused from the heap
     assert growth_kib < 64 * 1024  # and the heap does not grow
+
+
+COLLECTOR = """
+import gc, sys
+from affssl import hostmem
+hostmem.imports_done()
+assert gc.isenabled() and gc.get_freeze_count() == 0  # a library caller: nothing changes
+hostmem.hold_collection()
+assert not gc.isenabled()
+import torch, torchvision
+hostmem.imports_done()
+assert gc.isenabled() and gc.get_freeze_count() > 100_000  # the imported modules are exempt
+frozen = gc.get_freeze_count()
+class Node: pass
+a, b = Node(), Node()
+a.other, b.other = b, a  # a cycle made after the imports is collected as before
+del a, b
+assert gc.collect() >= 2 and gc.get_freeze_count() == frozen
+print("ok")
+"""
+
+DURING = """
+import gc, sys
+import affssl.engine, affssl.export
+seen = {}
+def spy(module, name):
+    real = getattr(module, name)
+    def wrapper(*args, **kwargs):
+        seen[name] = gc.isenabled()
+        return real(*args, **kwargs)
+    setattr(module, name, wrapper)
+spy(affssl.engine, "pretrain")
+spy(affssl.export, "export")
+from affssl.cli import main
+sys.argv = ["affssl", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print(seen)
+"""
+
+
+def test_the_collector_is_held_only_while_torch_imports():
+    out = subprocess.run([sys.executable, "-c", COLLECTOR], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("command", ["pretrain", "export"])
+def test_commands_train_and_export_with_the_collector_on(tmp_path, command):
+    run = tmp_path / "run"
+    sets = ["backbone.width=4", "data.image_size_px=16", "train.monitor_every=0"]
+    args = ["pretrain", "--no-progress", "--out", str(run), "--epochs", "1", "--limit", "32", "--batch-size", "32"]
+    args += [a for s in sets for a in ("--set", s)]
+    if command == "export":
+        subprocess.run([sys.executable, "-m", "affssl", *args], check=True, capture_output=True)
+        args = ["export", str(run / "last.safetensors"), "--out", str(tmp_path / "bb.safetensors")]
+    out = subprocess.run([sys.executable, "-c", DURING, *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == f"{{'{command}': True}}"

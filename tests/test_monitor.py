@@ -213,7 +213,11 @@ def test_curves_are_redrawn_when_the_time_since_the_last_drawing_pays_for_it(tmp
     drawn: list[int] = []
     monkeypatch.setattr(curves, "draw", lambda run: drawn.append(len(drawn)))
     with watch.Watch(tmp_path, RunSpec()) as w:
-        w.epoch_end()  # the first epoch is drawn: the run's start cost nothing
+        w.epoch_end()  # a quick first epoch is not drawn: the first drawing costs FIRST_DRAW_S
+        assert drawn == []
+        w.drawn_at -= watch.DRAW_EVERY_COST * watch.FIRST_DRAW_S
+        w.epoch_end()  # a first epoch as long as 20 first drawings is
+        assert len(drawn) == 1
         w.draw_cost_s = 3600.0  # a drawing as slow as an hour: not worth redrawing after a quick epoch
         w.epoch_end()
         assert len(drawn) == 1

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from affssl import hostmem
 from affssl.cli import ablate, console, evaluate, export, pretrain
 
 app = typer.Typer(
@@ -36,8 +37,11 @@ def _options(debug: Annotated[bool, typer.Option("--debug", help="Show traceback
 
 
 def main() -> None:
+    hostmem.hold_collection()  # each command turns it back on once torch is imported (see affssl.hostmem)
     try:
         app()
     except KeyboardInterrupt:
         console.err.print("interrupted")
         sys.exit(130)
+    finally:
+        hostmem.exiting()

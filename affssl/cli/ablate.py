@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from affssl import hostmem
 from affssl.ablate.labels import label_free
 from affssl.cli.console import friendly, out
 from affssl.cli.options import (
@@ -96,6 +97,7 @@ def ablate(
     from affssl import ablate as ab
     from affssl.ablate.summary import rich_table
 
+    hostmem.imports_done()
     explicit = flag_overrides(None, None, None, dataset, backbone, epochs, batch_size, limit, None, device)
     explicit += list(set_ or [])
     default = resolve_spec(spec_file, None, explicit)

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from affssl import runs
+from affssl import hostmem, runs
 from affssl.cli.console import Command, Group, err, friendly, out
 from affssl.cli.options import CkptArg, JsonOpt, SetOpt, resolve_spec
 from affssl.errors import UserError
@@ -69,6 +69,7 @@ def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_
     import affssl.eval
     from affssl import runenv
 
+    hostmem.imports_done()
     threads_line = _threads(threads)
     evaluate = getattr(affssl.eval, f"evaluate_{protocol}")
     if init == "random":  # the floor: RUN/floor or floors/<spec hash>/last.safetensors (affssl.floor)
@@ -171,6 +172,7 @@ def eval_embed(
     from affssl import runenv
     from affssl.eval.embed import evaluate_embed
 
+    hostmem.imports_done()
     threads_line = _threads(threads)
     record = evaluate_embed(ckpt, dataset=dataset, out=out_path, method=method, points=points, seed=seed,
                             device=device, batch_size=batch_size, cache=cache, progress=err.is_terminal)  # fmt: skip

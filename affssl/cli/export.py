@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from affssl import hostmem
 from affssl.cli.console import friendly, out
 from affssl.cli.options import CkptArg, JsonOpt
 
@@ -31,6 +32,7 @@ def export_backbone(
     """
     from affssl.export import export
 
+    hostmem.imports_done()
     summary = export(ckpt, out_path, fmt)
     if json_:
         typer.echo(json.dumps(summary))

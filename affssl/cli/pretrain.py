@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from affssl import loggers, runlock, runs
+from affssl import hostmem, loggers, runlock, runs
 from affssl.cli.console import err, friendly, out
 from affssl.cli.options import (
     AffineOpt,
@@ -73,6 +73,8 @@ def pretrain(
     from affssl.data import storage
     from affssl.engine import pretrain as run_pretrain
     from affssl.engine import resolve_device
+
+    hostmem.imports_done()
 
     explicit = flag_overrides(None, affine, components, dataset, backbone, epochs, batch_size, limit, seed, device)
     explicit += list(set_ or [])
