@@ -5,7 +5,13 @@ torch starts one intra-op thread per visible core and ignores a container's CPU 
 quota-limited process oversubscribes its share and waits on itself. `available` is the number the
 run should use: the CPUs of the affinity mask (`taskset`), capped by every quota on the way from
 this process's cgroup to the root (rounded down, at least 1) and by an explicit OMP_NUM_THREADS.
-It never depends on load; `busy_cpus` measures load separately (/proc/stat), for a line only.
+It never depends on load; `busy_cpus` measures load separately (/proc/stat), for a line only:
+the CPU time the mask's CPUs spent busy over a window of at least half a second, less this
+process's own (and its reaped children's, /proc/self/stat). The window need not be slept: a
+`Mark` taken earlier (the CLI marks its start, before importing torch, and the moment its data is
+ready) opens it, so the ~3 s a command spends importing and loading double as the sample; only
+when no mark is old enough, or the youngest old-enough one is older than MAX_WINDOW_S (a long
+decode: the load then may have changed), does it sleep the rest from the youngest mark.
 Paths are arguments, so tests hand in their own files.
 """
 
@@ -15,11 +21,14 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 PROC_STAT = Path("/proc/stat")
+PROC_SELF_STAT = Path("/proc/self/stat")
+MAX_WINDOW_S = 10.0
 
 
 def affinity() -> set[int]:
@@ -106,15 +115,70 @@ def cpu_times(stat: Path = PROC_STAT) -> dict[int, tuple[int, int]]:
     return out
 
 
-def busy_cpus(cpus: set[int], seconds: float = 0.5, read: Callable[[], dict[int, tuple[int, int]]] = cpu_times,
-              sleep: Callable[[float], None] = time.sleep) -> float:  # fmt: skip
-    """How many of `cpus` other work keeps busy, in CPUs (0 … len(cpus)), over `seconds` of sampling."""
-    before = read()
-    sleep(seconds)
-    after = read()
-    busy = 0.0
+def own_times(stat: Path = PROC_SELF_STAT) -> int:
+    """This process's CPU time (all its threads) plus that of its reaped children, in jiffies (0 where unknown)."""
+    text = _read(stat)
+    if not text or ")" not in text:
+        return 0
+    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, so utime (14) is [11]
+    return sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+
+
+@dataclass(frozen=True)
+class Mark:
+    """One reading that opens a busy window: when, every CPU's jiffies, and this process's own."""
+
+    at_s: float  # time.monotonic()
+    cpu: dict[int, tuple[int, int]]  # per CPU (busy, total) jiffies
+    own: int  # own_times()
+
+
+def mark(read: Callable[[], dict[int, tuple[int, int]]] = cpu_times, own: Callable[[], int] = own_times,
+         clock: Callable[[], float] = time.monotonic) -> Mark:  # fmt: skip
+    return Mark(clock(), read(), own())
+
+
+_MARKS: list[Mark] = []
+
+
+def mark_window() -> None:
+    """Remember this moment as a possible start of the busy window (cheap: two small /proc reads)."""
+    _MARKS.append(mark())
+    del _MARKS[:-4]
+
+
+def window_start(seconds: float, marks: list[Mark] | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> Mark | None:  # fmt: skip
+    """The youngest mark at least `seconds` old unless it is older than MAX_WINDOW_S; else the youngest (or None)."""
+    marks = _MARKS if marks is None else marks
+    now = clock()
+    old_enough = [m for m in marks if now - m.at_s >= seconds]
+    if old_enough and now - old_enough[-1].at_s <= MAX_WINDOW_S:
+        return old_enough[-1]
+    return marks[-1] if marks and now - marks[-1].at_s < seconds else None
+
+
+def busy_cpus(cpus: set[int], seconds: float = 0.5, since: Mark | None = None,
+              read: Callable[[], dict[int, tuple[int, int]]] = cpu_times, own: Callable[[], int] = own_times,
+              sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic
+              ) -> float:  # fmt: skip
+    """How many of `cpus` other work keeps busy, in CPUs (0 … len(cpus)), over at least `seconds` from `since`
+    (None: from now), this process's own CPU time taken out."""
+    start = since or mark(read, own, clock)
+    rest = seconds - (clock() - start.at_s)
+    if rest > 0:
+        sleep(rest)
+    return busy_between(cpus, start, mark(read, own, clock))
+
+
+def busy_between(cpus: set[int], start: Mark, end: Mark) -> float:
+    """CPUs of `cpus` busy with other work between two marks: all busy time less this process's own."""
+    busy, totals = 0.0, []
     for cpu in cpus:
-        if cpu in before and cpu in after:
-            d_busy, d_total = (a - b for a, b in zip(after[cpu], before[cpu], strict=True))
+        if cpu in start.cpu and cpu in end.cpu:
+            d_busy, d_total = (a - b for a, b in zip(end.cpu[cpu], start.cpu[cpu], strict=True))
             busy += d_busy / d_total if d_total > 0 else 0.0
-    return busy
+            totals.append(d_total)
+    per_cpu = sum(totals) / len(totals) if totals and sum(totals) > 0 else 0.0
+    mine = (end.own - start.own) / per_cpu if per_cpu else 0.0  # in CPUs over the same window
+    return min(float(len(cpus)), max(0.0, busy - mine))

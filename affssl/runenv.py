@@ -9,8 +9,9 @@ differs in any of them continues with one line saying so. `affssl eval` takes it
 machine it trained on), and an ablation probes each run at that run's train.threads (a worker's
 share with --jobs); eval records keep the count used.
 
-The busy line: on a CPU run, /proc/stat is sampled for AFFSSL_BUSY_SAMPLE_S seconds (0.5 by default;
-0 turns the check off, as the tests do). It only informs; `threads = "auto"` never depends on load.
+The busy line: on a CPU run, /proc/stat is sampled over at least AFFSSL_BUSY_SAMPLE_S seconds (0.5 by
+default; 0 turns the check off, as the tests do), from a mark the CLI took earlier where one fits
+(affssl.cpus), so it rarely waits. It only informs; `threads = "auto"` never depends on load.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def busy_line(threads: int, device: torch.device, sample=cpus.busy_cpus) -> str 
     if device.type != "cpu" or seconds <= 0 or threads <= 1 or not distributed.is_main():  # 1 thread: nothing less
         return None
     mask = cpus.affinity()
-    busy = sample(mask, seconds)
+    busy = sample(mask, seconds, cpus.window_start(seconds))
     free = len(mask) - busy
     if busy < 0.5 or threads <= max(1.0, free + 0.25):
         return None

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,15 +102,43 @@ def test_busy_cpus_from_two_proc_stat_samples(tmp_path):
     stat = write(tmp_path / "stat", "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 10 0 10 70 10 0 0 0 0 0\ncpu1 0 0 0 100 0 0 0 0\n")
     assert cpus.cpu_times(stat) == {0: (20, 100), 1: (0, 100)}  # idle and iowait are not busy
     samples = iter([{0: (100, 1000), 1: (0, 1000), 2: (0, 10)}, {0: (150, 1100), 1: (100, 1100), 2: (10, 20)}])
-    slept = []
-    busy = cpus.busy_cpus({0, 1}, 0.5, read=lambda: next(samples), sleep=slept.append)
+    slept, clock = [], iter([0.0, 0.0, 0.5])
+    busy = cpus.busy_cpus({0, 1}, 0.5, read=lambda: next(samples), own=lambda: 7, sleep=slept.append,
+                          clock=lambda: next(clock))  # fmt: skip
     assert busy == pytest.approx(1.5) and slept == [0.5]  # cpu2 is outside the mask
+
+
+def test_busy_cpus_leave_out_this_processs_own_time_and_start_at_an_old_enough_mark():
+    start = cpus.Mark(10.0, {0: (100, 1000), 1: (0, 1000)}, own=50)
+    samples = iter([{0: (200, 1100), 1: (50, 1100)}])
+    owns, slept = iter([150]), []
+    busy = cpus.busy_cpus({0, 1}, 0.5, since=start, read=lambda: next(samples), own=lambda: next(owns),
+                          sleep=slept.append, clock=lambda: 11.0)  # fmt: skip
+    assert slept == []  # the mark is 1 s old: nothing to wait for
+    assert busy == pytest.approx(1.5 - 1.0)  # 100 of the 200 busy jiffies were this process's
+    young, old, older = (cpus.Mark(t, {}, 0) for t in (9.8, 9.0, 5.0))
+    assert cpus.window_start(0.5, [older, old, young], clock=lambda: 10.0) is old  # the youngest old enough
+    assert cpus.window_start(0.5, [older], clock=lambda: 16.0) is None  # 11 s old: sample afresh
+    assert cpus.window_start(0.5, [young], clock=lambda: 9.9) is young  # too young: sleep the rest from it
+    assert cpus.window_start(0.5, [], clock=lambda: 9.9) is None
+
+
+def test_own_cpu_time_is_read_from_proc_and_taken_out_of_the_busy_figure():
+    start = cpus.mark()
+    t = time.process_time()
+    while time.process_time() - t < 0.6:  # this process keeps one CPU busy
+        pass
+    end = cpus.mark()
+    assert end.own - start.own >= 50  # 0.6 s at 100 jiffies a second, less rounding
+    mask = cpus.affinity()
+    everything = cpus.busy_between(mask, start, cpus.Mark(end.at_s, end.cpu, start.own))  # as if it were other work
+    assert everything - cpus.busy_between(mask, start, end) >= 0.7
 
 
 def test_busy_line_only_on_cpu_when_the_run_would_oversubscribe(monkeypatch):
     monkeypatch.setattr(cpus, "affinity", lambda: {0, 1})
     monkeypatch.setenv("AFFSSL_BUSY_SAMPLE_S", "0.5")
-    busy = lambda load: lambda mask, seconds: load  # noqa: E731
+    busy = lambda load: lambda mask, seconds, since: load  # noqa: E731
     line = runenv.busy_line(2, torch.device("cpu"), busy(1.4))
     assert line is not None and "already 1.4 CPUs busy" in line and "--set train.threads=1 fits" in line
     assert runenv.busy_line(2, torch.device("cpu"), busy(0.2)) is None  # a quiet machine

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from affssl import hostmem
+from affssl import cpus, hostmem
 from affssl.cli import ablate, console, evaluate, export, pretrain
 
 app = typer.Typer(
@@ -38,6 +38,7 @@ def _options(debug: Annotated[bool, typer.Option("--debug", help="Show traceback
 
 def main() -> None:
     hostmem.hold_collection()  # each command turns it back on once torch is imported (see affssl.hostmem)
+    cpus.mark_window()  # the busy line's sample can start here: importing doubles as its half second
     try:
         app()
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from affssl import hostmem, loggers, runlock, runs
+from affssl import cpus, hostmem, loggers, runlock, runs
 from affssl.cli.console import err, friendly, out
 from affssl.cli.options import (
     AffineOpt,
@@ -97,6 +97,7 @@ def pretrain(
     # Inputs first: nothing is created (run folder, lock) for a run whose folder or data cannot be used.
     runs.check(run, resume=resume, overwrite=overwrite)
     spec, data = storage.settle(spec, resolve_device(spec.train.device), progress and distributed.is_main())
+    cpus.mark_window()  # after a long decode the busy sample starts here (affssl.cpus)
     with runlock.hold(run) if distributed.is_main() else contextlib.nullcontext() as stale:
         if stale:
             err.print(f"note: took over the lock of a run that ended without releasing it ({escape(stale)})")
