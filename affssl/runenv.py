@@ -85,7 +85,7 @@ def busy_line(threads: int, device: torch.device, sample=cpus.busy_cpus) -> str 
     if busy < 0.5 or threads <= max(1.0, free + 0.25):
         return None
     fits = max(1, int(free + 0.5))
-    return (f"the {len(mask)} CPUs this run may use are already {busy:.1f} CPUs busy with other work; with {threads} "
+    return (f"other work kept {busy:.1f} of the {len(mask)} CPUs this run may use busy as it started; with {threads} "
             f"threads {_COST}; --set train.threads={fits} fits what is free")  # fmt: skip
 
 
