@@ -10,7 +10,7 @@ import string
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -89,6 +89,9 @@ def test_random_spec_tables(tmp_path_factory, tables):
 
 @FAST
 @given(st.lists(st.tuples(keys, st.one_of(values.map(toml_value), st.text(max_size=20))), max_size=4))
+@example([("backbone.name", "[]")])  # found by CI's fuzzing: a list for a name reached a dict lookup
+@example([("backbone.name", "{a = 1}")])
+@example([("backbone.name", "3")])
 def test_random_set_overrides(pairs):
     args = [a for k, v in pairs for a in ("--set", f"{k}={v}")]
     check(["pretrain", *args, "--print-spec"], "--set")

@@ -173,8 +173,8 @@ def _drop_file_backbone_options(tree: dict[str, Any], file_backbone: dict[str, A
     none drops them."""
     backbone = tree.get("backbone")
     name = backbone.get("name", "resnet18") if isinstance(backbone, dict) else "resnet18"
-    if name == file_backbone.get("name", "resnet18"):
-        return
+    if not isinstance(name, str) or name == file_backbone.get("name", "resnet18"):  # a list is no name: validation
+        return  # says so (found by fuzzing: backbone.name=[])
     overridden = {a.partition("=")[0].strip() for a in overrides}
     keys = (() if name in WIDTH_RESNETS else ("width", "cifar_stem")) + (() if name in SMALL_VITS else ("patch_px",))
     for key in keys:
