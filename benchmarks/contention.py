@@ -3,6 +3,12 @@
     python benchmarks/contention.py                                   # `affssl pretrain` as shipped, median of 3
     python benchmarks/contention.py --repeats 1 --set train.epochs=1 --set data.limit=256   # a quick check
     python benchmarks/contention.py --only load:1 --set train.monitor_every=0   # the run as it was before the monitor
+    git worktree add /tmp/old REV && python benchmarks/contention.py --baseline /tmp/old --set train.monitor_every=0
+
+--baseline DIR runs another checkout of affssl (e.g. the commit an issue measured) in the same
+repeats, alternating with this one, so the two are compared side by side under the same load.
+A version without train.threads is given its thread count through OMP_NUM_THREADS instead
+(`auto`: unset, torch's own count); --set applies to this checkout only.
 
 Each measurement is the wall time of a fresh `affssl pretrain --no-progress` process (import, data
 load and training: what a person waits for), with OMP_NUM_THREADS removed from its environment so
@@ -42,13 +48,17 @@ def env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
-def timed_run(threads: str, extra: list[str]) -> float:
-    """Wall seconds of one `affssl pretrain` at train.threads = threads."""
+def timed_run(threads: str, extra: list[str], baseline: Path | None = None) -> float:
+    """Wall seconds of one `affssl pretrain` at train.threads = threads (of the checkout `baseline`, if given)."""
     out = Path(tempfile.mkdtemp(prefix="contention-"))
-    sets = [a for s in [f"train.threads={threads}", *extra] for a in ("--set", s)]
+    run_env, sets = env(), [a for s in [f"train.threads={threads}", *extra] for a in ("--set", s)]
+    if baseline is not None:  # its own code, threads through OpenMP's variable
+        run_env["PYTHONPATH"], sets = str(baseline), []
+        if threads != "auto":
+            run_env["OMP_NUM_THREADS"] = threads
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "affssl", "pretrain", "--no-progress", "--out", str(out / "run"), *sets],
-                   env=env(), check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+                   env=run_env, check=True, stdout=subprocess.DEVNULL, cwd=baseline)  # fmt: skip
     seconds = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     return seconds
@@ -69,30 +79,38 @@ def main() -> None:
     p.add_argument("--matrix", type=int, default=1024, help="side of the load's square matrices")
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for the run (a smaller one)")
     p.add_argument("--only", default=None, help="conditions to run, e.g. 'alone:auto,load:1' (alone is always run)")
+    p.add_argument("--baseline", type=Path, default=None, help="another affssl checkout, run alternately with this one")
     args = p.parse_args()
     wanted = {("alone" if w == "alone" else "beside load", t) for w, t in
               (c.split(":") for c in args.only.split(","))} if args.only else set(CONDITIONS)  # fmt: skip
-    times: dict[tuple[str, str], list[float]] = {c: [] for c in CONDITIONS if c in wanted or c == CONDITIONS[0]}
+    conditions = [c for c in CONDITIONS if c in wanted or c == CONDITIONS[0]]
+    versions: dict[str, Path | None] = {"this": None} | ({"baseline": args.baseline} if args.baseline else {})
+    times: dict[tuple[str, str, str], list[float]] = {(v, *c): [] for c in conditions for v in versions}
     for _ in range(args.repeats):
-        for where, threads in times:
-            load = with_load(args.load_threads, args.matrix) if where != "alone" else None
-            try:
-                times[(where, threads)].append(timed_run(threads, args.sets))
-            finally:
-                if load is not None:
-                    load.kill()
-                    load.wait()
+        for where, threads in conditions:
+            for version, checkout in versions.items():
+                load = with_load(args.load_threads, args.matrix) if where != "alone" else None
+                try:
+                    times[(version, where, threads)].append(timed_run(threads, args.sets, checkout))
+                finally:
+                    if load is not None:
+                        load.kill()
+                        load.wait()
     from affssl import cpus
 
-    alone = statistics.median(times[CONDITIONS[0]])
     print(f"**Machine:** {machine(torch.device('cpu'))}; train.threads=auto resolves to {cpus.available()}  ")
     print(f"**Run:** `affssl pretrain --no-progress{''.join(f' --set {s}' for s in args.sets)}`; load: "
-          f"{args.load_threads}-thread {args.matrix}² float32 matrix products; median of {args.repeats}\n")  # fmt: skip
-    print("| condition | train.threads | wall s | min–max | vs alone |")
-    print("|---|---|---:|---:|---:|")
-    for (where, threads), values in times.items():
-        m = statistics.median(values)
-        print(f"| {where} | {threads} | {m:.1f} | {min(values):.1f}–{max(values):.1f} | {m / alone:.2f}× |")
+          f"{args.load_threads}-thread {args.matrix}² float32 matrix products; median of {args.repeats}"
+          + (f"; baseline: {args.baseline} as it stands (threads through OMP_NUM_THREADS)" if args.baseline else "")
+          + "\n")  # fmt: skip
+    print("| version | condition | train.threads | wall s | min–max | vs alone | this ÷ baseline |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for (version, where, threads), values in times.items():
+        m, alone = statistics.median(values), statistics.median(times[(version, *CONDITIONS[0])])
+        ratio = m / statistics.median(times[("baseline", where, threads)]) if args.baseline else None
+        shown = f"{ratio:.2f}" if ratio is not None and version == "this" else ""
+        print(f"| {version} | {where} | {threads} | {m:.1f} | {min(values):.1f}–{max(values):.1f} | {m / alone:.2f}× "
+              f"| {shown} |")  # fmt: skip
 
 
 if __name__ == "__main__":
