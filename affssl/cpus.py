@@ -149,7 +149,8 @@ def mark_window() -> None:
 
 def window_start(seconds: float, marks: list[Mark] | None = None, clock: Callable[[], float] = time.monotonic
                  ) -> Mark | None:  # fmt: skip
-    """The youngest mark at least `seconds` old unless it is older than MAX_WINDOW_S; else the youngest (or None)."""
+    """The youngest mark at least `seconds` old, unless older than MAX_WINDOW_S; else the youngest mark if it is
+    younger than `seconds` (the rest is slept); else None (a fresh sample)."""
     marks = _MARKS if marks is None else marks
     now = clock()
     old_enough = [m for m in marks if now - m.at_s >= seconds]

@@ -43,11 +43,6 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
 
 
-def freeze_long_lived() -> None:
-    """Exempt every object alive now (modules, the model, the data) from the cyclic collector (gc.freeze)."""
-    gc.freeze()
-
-
 def hold_collection() -> None:
     """Turn Python's cyclic collector off while a command imports torch (back on at `imports_done`)."""
     gc.disable()
