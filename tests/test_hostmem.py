@@ -60,7 +60,7 @@ print("ok")
 
 DURING = """
 import gc, sys
-import affssl.engine, affssl.export
+import affssl.engine, affssl.eval, affssl.export
 seen = {}
 def spy(module, name):
     real = getattr(module, name)
@@ -70,6 +70,7 @@ def spy(module, name):
     setattr(module, name, wrapper)
 spy(affssl.engine, "pretrain")
 spy(affssl.export, "export")
+spy(affssl.eval, "evaluate_knn")
 from affssl.cli import main
 sys.argv = ["affssl", *sys.argv[1:]]
 try:
@@ -84,15 +85,17 @@ def test_the_collector_is_held_only_while_torch_imports():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-@pytest.mark.parametrize("command", ["pretrain", "export"])
-def test_commands_train_and_export_with_the_collector_on(tmp_path, command):
+@pytest.mark.parametrize("command", ["pretrain", "export", "evaluate_knn"])
+def test_commands_train_export_and_evaluate_with_the_collector_on(tmp_path, command):
     run = tmp_path / "run"
     sets = ["backbone.width=4", "data.image_size_px=16", "train.monitor_every=0"]
     args = ["pretrain", "--no-progress", "--out", str(run), "--epochs", "1", "--limit", "32", "--batch-size", "32"]
     args += [a for s in sets for a in ("--set", s)]
-    if command == "export":
+    if command != "pretrain":
         subprocess.run([sys.executable, "-m", "affssl", *args], check=True, capture_output=True)
-        args = ["export", str(run / "last.safetensors"), "--out", str(tmp_path / "bb.safetensors")]
+        ckpt = str(run / "last.safetensors")
+        args = ["export", ckpt, "--out", str(tmp_path / "bb.safetensors")] if command == "export" else [
+            "eval", "knn", ckpt, "--json"]  # fmt: skip
     out = subprocess.run([sys.executable, "-c", DURING, *args], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == f"{{'{command}': True}}"
