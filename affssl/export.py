@@ -133,7 +133,8 @@ def _export_onnx(backbone: nn.Module, source: Source, out: Path) -> float:
             else {"dynamic_axes": {"images": {0: "batch"}, "features": {0: "batch"}}}
         )
         torch.onnx.export(
-            backbone, (x,), tmp, input_names=["images"], output_names=["features"], dynamo=dynamo, **batch
+            backbone, (x,), tmp, input_names=["images"], output_names=["features"], dynamo=dynamo,
+            verbose=False, **batch,  # no "[torch.onnx] …" progress lines: the CLI prints one line of its own
         )
         model = onnx.load(tmp)
         onnx.helper.set_model_props(model, _metadata(source, backbone))

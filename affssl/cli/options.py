@@ -15,7 +15,9 @@ from affssl.spec.methods import unknown_base
 SpecArg = Annotated[
     str | None, typer.Argument(help="TOML spec file or preset (default, paper, cifar10-cpu).", show_default=False)
 ]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any field: --set optim.lr=0.001")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override any field: --set optim.lr=0.001")
+]
 BaseOpt = Annotated[str | None, typer.Option("--base", help=f"Base SSL method: {' | '.join(METHOD_SPECS)}.")]
 AffineOpt = Annotated[bool | None, typer.Option("--affine/--no-affine", help="Add the affine module (default on).")]
 ComponentsOpt = Annotated[str | None, typer.Option(help=f"Comma list of affine components ({', '.join(COMPONENTS)}).")]
