@@ -20,6 +20,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from affssl import atomic
@@ -70,6 +72,35 @@ def prepare(run: Path, resume: bool, overwrite: bool) -> None:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise write_failed(run, err) from None
+
+
+@contextmanager
+def undone_on_failure(run: Path, overwrite: bool = False) -> Iterator[None]:
+    """Within: a failure that leaves no checkpoint in `run` removes what the command created (README: a failing
+    command creates nothing), so the same command can simply be run again.
+
+    Files `run` held before are kept (with --overwrite the command has replaced them: nothing of theirs is
+    left); the folder itself, and any parent made for it, is removed only when the command created it.
+    """
+    made = [p for p in (run, *run.parents) if not p.exists()]  # the folders this command will create
+    kept = set() if overwrite or not run.is_dir() else {p.name for p in run.iterdir()}
+    try:
+        yield
+    except BaseException:
+        if not (run / LAST).exists():
+            _remove_new(run, kept, made)
+        raise
+
+
+def _remove_new(run: Path, kept: set[str], made: list[Path]) -> None:
+    """Remove what is in `run` but not in `kept`, then the folders of `made` that are empty (deepest first)."""
+    try:
+        for child in (p for p in run.iterdir() if p.name not in kept) if run.is_dir() else ():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        for folder in made:
+            folder.rmdir()
+    except OSError:
+        pass  # a folder someone else wrote into meanwhile stays: it is no longer only this command's
 
 
 def write_spec(run: Path, spec: RunSpec) -> None:

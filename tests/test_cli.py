@@ -137,3 +137,33 @@ def test_wrong_type_flag_is_rejected_by_typer():
 def test_debug_shows_traceback():
     result = run("--debug", "pretrain", "--base", "moco")
     assert result.exit_code != 0 and result.exception is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--batch-size", "4000"], "fewer than one batch of 4000"),
+        (["--set", "optim.lr=1e4", "--set", "train.max_loss=1e3"], "passed train.max_loss"),  # diverges in epoch 1
+    ],
+)
+def test_a_failing_run_creates_nothing_and_the_same_folder_then_trains(args, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "r"
+    tiny = [a for a in TINY if a != "--batch-size" and a != "32"] if "--batch-size" in args else TINY
+    assert_one_line_error(run("pretrain", "--epochs", "1", "--no-progress", "--out", out, *tiny, *args), fragment)
+    assert list(tmp_path.iterdir()) == []  # no RUN/spec.json, no runs/: a rerun needs no --resume
+    kept = tmp_path / "mine"  # a folder the user made: it stays, with what it held
+    kept.mkdir()
+    assert_one_line_error(run("pretrain", "--epochs", "1", "--no-progress", "--out", kept, *tiny, *args), fragment)
+    assert list(kept.iterdir()) == []
+    result = run("pretrain", "--epochs", "1", "--no-progress", "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+
+
+def test_resume_to_fewer_epochs_than_trained_is_refused_and_changes_nothing(tmp_path):
+    out = tmp_path / "run"
+    assert run("pretrain", "--epochs", "2", "--no-progress", "--out", out, *TINY).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run("pretrain", "--resume", "--epochs", "1", "--no-progress", "--out", out)
+    assert_one_line_error(result, "is at epoch 2; pass --epochs 2 or more")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # spec.json still says 2 epochs
