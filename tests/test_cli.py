@@ -167,3 +167,10 @@ def test_resume_to_fewer_epochs_than_trained_is_refused_and_changes_nothing(tmp_
     result = run("pretrain", "--resume", "--epochs", "1", "--no-progress", "--out", out)
     assert_one_line_error(result, "is at epoch 2; pass --epochs 2 or more")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # spec.json still says 2 epochs
+
+
+def test_threads_is_one_flag_for_train_threads():
+    result = run("pretrain", "--threads", "1", "--print-spec")
+    assert result.exit_code == 0 and tomllib.loads(result.output)["train"]["threads"] == 1, result.output
+    assert tomllib.loads(run("pretrain", "--threads", "auto", "--print-spec").output)["train"]["threads"] == "auto"
+    assert_one_line_error(run("pretrain", "--threads", "two"), "--threads 'two'")
