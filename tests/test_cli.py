@@ -6,6 +6,7 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from affssl import runs
 from affssl.cli import app
 
 runner = CliRunner()
@@ -174,3 +175,15 @@ def test_threads_is_one_flag_for_train_threads():
     assert result.exit_code == 0 and tomllib.loads(result.output)["train"]["threads"] == 1, result.output
     assert tomllib.loads(run("pretrain", "--threads", "auto", "--print-spec").output)["train"]["threads"] == "auto"
     assert_one_line_error(run("pretrain", "--threads", "two"), "--threads 'two'")
+
+
+def test_the_progress_line_shows_this_epochs_knn_and_done_gives_the_final_scores(tmp_path):
+    # The issue: the line showed the kNN one epoch behind (none at all in a one-epoch run); done gave none.
+    result = run("pretrain", "--epochs", "1", "--out", tmp_path / "run", *TINY)
+    assert result.exit_code == 0, result.output
+    final = [r for r in runs.read_metrics(tmp_path / "run") if r.get("kind") == "epoch"][-1]
+    knn = f"kNN {final['monitor_knn_top1']:.1f} %"
+    bar = [line for line in result.output.splitlines() if line.startswith("pretrain")]
+    assert bar and knn in bar[-1], result.output
+    done = " ".join(result.output[result.output.index("done in") :].split())
+    assert f"monitor {knn}, R² " in done and "(epoch 1)" in done, done
