@@ -53,6 +53,16 @@ def test_eval_prints_a_table_and_json(run_ckpt, argv, title, key):
     assert saved["checkpoint"]["sha256"] == record["checkpoint"]["sha256"] and saved["spec"] == record["spec"]
 
 
+def test_a_run_folder_stands_for_its_last_checkpoint(run_ckpt, tmp_path):
+    result = runner.invoke(app, ["eval", "knn", str(run_ckpt.parent), "--limit", "200", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checkpoint"]["path"] == str(run_ckpt.resolve())
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    result = runner.invoke(app, ["eval", "linear", str(empty)])
+    assert result.exit_code == 2 and f"{empty} is a folder without last.safetensors" in result.output, result.output
+
+
 def test_export_cli(run_ckpt, tmp_path):
     result = runner.invoke(app, ["export", str(run_ckpt), "--out", str(tmp_path / "bb.safetensors")])
     assert result.exit_code == 0, result.output

@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from affssl import hostmem, runs
 from affssl.cli.console import Command, Group, err, friendly, out
-from affssl.cli.options import CkptArg, JsonOpt, SetOpt, resolve_spec
+from affssl.cli.options import CkptArg, JsonOpt, SetOpt, checkpoint_file, resolve_spec
 from affssl.errors import UserError
 from affssl.spec import build_spec
 
@@ -85,6 +85,8 @@ def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_
         raise UserError(f"--init {init!r}: choose trained or random")
     elif set_:
         raise UserError("--set applies to --init random only; a checkpoint carries its own spec")
+    else:
+        ckpt = checkpoint_file(ckpt)
     record = evaluate(ckpt, progress=err.is_terminal, **options)
     runenv.say(threads_line)
     _show(record, as_json)
@@ -174,8 +176,9 @@ def eval_embed(
 
     hostmem.imports_done()
     threads_line = _threads(threads)
-    record = evaluate_embed(ckpt, dataset=dataset, out=out_path, method=method, points=points, seed=seed,
-                            device=device, batch_size=batch_size, cache=cache, progress=err.is_terminal)  # fmt: skip
+    record = evaluate_embed(checkpoint_file(ckpt), dataset=dataset, out=out_path, method=method, points=points,
+                            seed=seed, device=device, batch_size=batch_size, cache=cache,
+                            progress=err.is_terminal)  # fmt: skip
     runenv.say(threads_line)
     if json_:
         typer.echo(json.dumps(record))

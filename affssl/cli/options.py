@@ -33,7 +33,9 @@ LimitOpt = Annotated[int | None, typer.Option(help="Train on N images (stratifie
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for weights, data order, views and affine parameters.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda.")]
 # Commands that read a checkpoint (eval, export) rebuild the backbone from the file's header (no --arch).
-CkptArg = Annotated[Path, typer.Argument(help="RUN/last.safetensors, or an `affssl export` file.", show_default=False)]
+CkptArg = Annotated[
+    Path, typer.Argument(help="RUN/last.safetensors (or RUN), or an `affssl export` file.", show_default=False)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")]
 
 
@@ -62,3 +64,14 @@ def resolve_spec(source: str | None, base: str | None, overrides: list[str]) -> 
         if tree.get("method", {}).get("name", "simclr") != base:
             tree["method"] = {"name": base}  # the file's method options belong to another method
     return build_spec(tree, overrides)
+
+
+def checkpoint_file(path: Path) -> Path:
+    """A CKPT argument as a file: a run folder stands for its RUN/last.safetensors."""
+    if not path.is_dir():
+        return path
+    last = path / "last.safetensors"
+    if not last.is_file():
+        raise UserError(f"{path} is a folder without last.safetensors; pass a run folder whose training wrote one, "
+                        "RUN/epoch-NNNN.safetensors, or an `affssl export` file")  # fmt: skip
+    return last
