@@ -187,3 +187,17 @@ def test_the_progress_line_shows_this_epochs_knn_and_done_gives_the_final_scores
     assert bar and knn in bar[-1], result.output
     done = " ".join(result.output[result.output.index("done in") :].split())
     assert f"monitor {knn}, R² " in done and "(epoch 1)" in done, done
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["pretrain", "--debug", "--base", "moco"], ["pretrain", "--base", "moco", "--debug"],
+     ["eval", "linear", "/no/such.safetensors", "--debug"], ["eval", "--debug", "knn", "/no/such.safetensors"],
+     ["export", "/no/such.safetensors", "--out", "x.safetensors", "--debug"], ["ablate", "--debug", "--base", "moco"]],
+    ids=" ".join,
+)  # fmt: skip
+def test_debug_is_taken_after_the_command_name_too(argv):
+    result = run(*argv)
+    assert result.exit_code != 0 and result.exception is not None and "No such option" not in result.output
+    assert not isinstance(result.exception, SystemExit), result.output  # the error itself, with its traceback
+    assert_one_line_error(run(*[a for a in argv if a != "--debug"]), "")  # without it: the one line again
