@@ -77,7 +77,7 @@ def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_
 
         source = str(ckpt)
         if Path(source).name == runs.SPEC and Path(source).is_file():
-            spec = build_spec(json.loads(Path(source).read_text()), list(set_ or []))
+            spec = build_spec(json.loads(Path(source).read_text()), list(set_ or []), source)
         else:
             spec = resolve_spec(source, None, list(set_ or []))
         ckpt = floor.write_floor(spec, floor.default_folder(source, spec))

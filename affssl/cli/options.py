@@ -63,7 +63,7 @@ def resolve_spec(source: str | None, base: str | None, overrides: list[str]) -> 
             raise UserError(unknown_base(base))
         if tree.get("method", {}).get("name", "simclr") != base:
             tree["method"] = {"name": base}  # the file's method options belong to another method
-    return build_spec(tree, overrides)
+    return build_spec(tree, overrides, source)
 
 
 def checkpoint_file(path: Path) -> Path:
