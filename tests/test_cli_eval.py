@@ -193,3 +193,38 @@ def test_eval_under_taskset_to_one_cpu_probes_on_one_thread(run_ckpt):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["options"]["threads"] == 1
     assert "note: threads: 1 (1 CPUs in the affinity mask" in done.stderr
+
+
+def test_every_command_skips_what_training_skipped(tmp_path, monkeypatch):
+    # The issue: pretrain skipped an unreadable image (within data.max_bad_frac) and recorded it, then every
+    # eval and --preview of the same folder stopped on it.
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 24), ("test", 6)):
+        for name in ("cat", "dog"):
+            (tmp_path / "data" / part / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / part / name / f"{i}.png")  # fmt: skip
+    broken = tmp_path / "data" / "train" / "cat" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    run = tmp_path / "run"
+    sets = ["--set", "backbone.width=4", "--set", "data.image_size_px=16", "--set", "data.max_bad_frac=0.05",
+            "--set", "train.monitor_every=0"]  # fmt: skip
+    result = runner.invoke(app, ["pretrain", "--dataset", str(tmp_path / "data"), "--epochs", "1", "--batch-size",
+                                 "16", "--no-progress", "--out", str(run), *sets])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads((run / "spec.json").read_text())["data"]
+    assert data["bad_count"] == 1 and data["bad_first"] == [str(broken)]
+    for argv in (["eval", "knn", str(run), "--json"], ["eval", "linear", str(run), "--trials", "1", "--json"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout)
+        assert record["dataset"]["skipped"] == [str(broken)] and record["dataset"]["n_train"] == 48
+        assert f"skipped 1 unreadable image(s) of {tmp_path / 'data'}: {broken}" in result.stderr
+    preview = runner.invoke(app, ["pretrain", "--dataset", str(tmp_path / "data"), "--batch-size", "16",
+                                  "--no-progress", "--preview", str(tmp_path / "views.png"), *sets])  # fmt: skip
+    assert preview.exit_code == 0 and (tmp_path / "views.png").is_file(), preview.output
+    strict = runner.invoke(app, ["pretrain", "--dataset", str(tmp_path / "data"), "--preview",
+                                 str(tmp_path / "strict.png"), "--set", "data.max_bad_frac=0"])  # fmt: skip
+    assert strict.exit_code == 2 and "more than data.max_bad_frac 0" in strict.output, strict.output

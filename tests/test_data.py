@@ -160,12 +160,27 @@ def test_corrupt_files_are_reported_together(folder, tmp_path):
     (folder / "test" / "cat" / "empty.jpg").write_bytes(b"")
     whole = (folder / "test" / "dog" / "c_rgb.jpg").read_bytes()
     (folder / "test" / "dog" / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
-    with pytest.raises(DataError, match="4 image file") as err:
+    with pytest.raises(DataError, match=r"4 of 22 images in .* more than data.max_bad_frac 0.001") as err:
         load_dataset(_spec(folder, tmp_path))
     for name in ("broken.jpg", "garbage.png", "empty.jpg", "truncated.jpg"):
         assert name in str(err.value)
     assert "remove or replace" in str(err.value)
     assert not (tmp_path / "cache" / "decoded").exists()  # nothing cached
+
+
+def test_unreadable_images_within_max_bad_frac_are_left_out_and_listed(folder, tmp_path):
+    # The issue: training skipped such an image, then every eval and --preview of the same folder stopped.
+    (folder / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 40)
+    (folder / "test" / "cat" / "empty.jpg").write_bytes(b"")
+    whole = load_dataset(_spec(folder, tmp_path, max_bad_frac=0.1))  # 2 of 20 images
+    assert [Path(p).name for p, _ in whole.skipped] == ["broken.jpg", "empty.jpg"]
+    assert len(whole.train.images) == 10 and len(whole.test.images) == 8  # the readable ones, labels kept in step
+    assert whole.train.labels.tolist() == [0] * 5 + [1] * 5  # cat 5 (with the BMP), dog 5 (broken.jpg left out)
+    with pytest.raises(DataError, match="2 of 20 images"):  # the cached set is checked against this command's limit
+        load_dataset(_spec(folder, tmp_path, max_bad_frac=0.05))
+    known = tuple(p for p, _ in whole.skipped)  # a run's recorded list (data.bad_first): not counted again
+    again = load_dataset(_spec(folder, tmp_path, max_bad_frac=0.0, bad_first=known))
+    assert again.skipped == whole.skipped and torch.equal(again.train.images, whole.train.images)
 
 
 def test_missing_or_empty_folder(tmp_path):

@@ -89,7 +89,17 @@ def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_
         ckpt = checkpoint_file(ckpt)
     record = evaluate(ckpt, progress=err.is_terminal, **options)
     runenv.say(threads_line)
+    runenv.say(skipped_note(record))
     _show(record, as_json)
+
+
+def skipped_note(record: dict) -> str | None:
+    """The note when the probe's data set had unreadable images, left out within data.max_bad_frac."""
+    skipped = record["dataset"].get("skipped") or []
+    if not skipped:
+        return None
+    more = " …" if len(skipped) > 5 else ""
+    return f"skipped {len(skipped)} unreadable image(s) of {record['dataset']['name']}: {', '.join(skipped[:5])}{more}"
 
 
 @app.command("linear", cls=Command)
@@ -180,6 +190,7 @@ def eval_embed(
                             seed=seed, device=device, batch_size=batch_size, cache=cache,
                             progress=err.is_terminal)  # fmt: skip
     runenv.say(threads_line)
+    runenv.say(skipped_note(record))
     if json_:
         typer.echo(json.dumps(record))
         return

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from affssl.data import imagenet
 from affssl.data.batches import stratified
-from affssl.data.dataset import DataError, Loaded, Split
+from affssl.data.dataset import DataError, Loaded, Split, check_bad
 from affssl.data.decode import decode_files, square
 from affssl.data.folders import LAYOUTS, Files, files_in, has_class_folders, identity, scan_folder
 from affssl.spec import DataSpec
@@ -66,7 +66,7 @@ def plan(spec: DataSpec, root: Path, progress: bool) -> tuple[str, Callable[[], 
     ids = [identity(folder, files) for files, _ in splits.values()]
     if (csv := imagenet.val_solution(folder)) is not None:  # it labels a flat val/: an edit must change the key
         ids.append([(csv.name, (st := csv.stat()).st_size, st.st_mtime_ns)])
-    return str(folder), partial(list, ids), partial(_decode_folder, splits, classes, folder, size, progress)
+    return str(folder), partial(list, ids), partial(_decode_folder, splits, classes, folder, size, progress, spec)
 
 
 def labelled(dataset: str) -> bool:
@@ -100,7 +100,7 @@ def _digits(size: int) -> Loaded:
     is_train = torch.ones(len(labels), dtype=torch.bool)
     is_train[test_idx] = False
     train, test = Split(images[is_train], labels[is_train]), Split(images[test_idx], labels[test_idx])
-    return train, test, tuple(str(d) for d in range(10))
+    return train, test, tuple(str(d) for d in range(10)), ()
 
 
 def _torchvision(name: str, root: Path, size: int) -> Loaded:
@@ -127,7 +127,7 @@ def _torchvision(name: str, root: Path, size: int) -> Loaded:
         labels = torch.as_tensor(np.asarray(ds.labels if targets is None else targets)).long()  # (N,)
         splits.append(Split(_to_images(ds.data, size), labels))
         classes = tuple(getattr(ds, "classes", None) or (str(c) for c in range(int(labels.max()) + 1)))
-    return splits[0], splits[1], classes
+    return splits[0], splits[1], classes, ()
 
 
 def caltech101_folder(root: Path) -> Path:
@@ -148,17 +148,18 @@ def caltech101_folder(root: Path) -> Path:
                     f"there (from {CALTECH101_URL}) or pass --dataset PATH")  # fmt: skip
 
 
-def _decode_folder(splits: Files, classes: tuple[str, ...], folder: Path, size: int, progress: bool) -> Loaded:
+def _decode_folder(splits: Files, classes: tuple[str, ...], folder: Path, size: int, progress: bool,
+                   spec: DataSpec) -> Loaded:  # fmt: skip
+    """Every split decoded; unreadable images are left out (and listed) while within data.max_bad_frac of all."""
     total, failures, out = sum(len(files) for files, _ in splits.values()), [], {}
     with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task(f"decoding {folder}", total=total)
         for part, (files, labels) in splits.items():
+            found = len(failures)
             images = decode_files(files, size, failures, partial(bar.advance, task))
-            out[part] = Split(images, None if labels is None else torch.tensor(labels, dtype=torch.int64))
-    if failures:
-        listed = "; ".join(f"{f} ({why})" for f, why in failures[:5])
-        raise DataError(
-            f"{len(failures)} image file(s) in {folder} could not be decoded: {listed}"
-            f"{' …' if len(failures) > 5 else ''}; remove or replace them"
-        )
-    return out["train"], out.get("test"), classes
+            bad = {path for path, _ in failures[found:]}
+            keep = torch.tensor([path not in bad for path, _, _ in files], dtype=torch.bool)  # (n,)
+            labelled = None if labels is None else torch.tensor(labels, dtype=torch.int64)[keep]
+            out[part] = Split(images if keep.all() else images[keep], labelled)
+    check_bad(failures, total, spec.max_bad_frac, spec.bad_first, where=f" in {folder}")  # before anything is cached
+    return out["train"], out.get("test"), classes, tuple(failures)
