@@ -259,6 +259,23 @@ def test_torchvision_offline_points_at_dataset_path(tmp_path, monkeypatch):
         load_dataset(_spec("cifar10", tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("name", "layout"),
+    [
+        ("cifar10", "cifar10/cifar-10-batches-py/ with data_batch_1"),
+        ("mnist", "mnist/MNIST/raw/ with train-images-idx3-ubyte"),
+    ],
+)
+def test_offline_names_the_files_to_put_in_the_cache(name, layout, tmp_path, monkeypatch):
+    # The issue: offline cifar10 never said which file layout to put under ~/.cache/affssl.
+    monkeypatch.setenv("AFFSSL_OFFLINE", "1")
+    monkeypatch.setattr(torchvision.datasets, sources.TORCHVISION[name], _Offline)
+    with pytest.raises(DataError) as err:
+        load_dataset(_spec(name, tmp_path))
+    assert f"AFFSSL_OFFLINE=1); put {tmp_path / 'cache' / layout}" in str(err.value), err.value
+    assert set(sources.OFFLINE_FILES) == set(sources.TORCHVISION)  # every torchvision set has its layout
+
+
 def test_torchvision_arrays_become_rgb_uint8(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "MNIST", _FakeMNIST)
     ds = load_dataset(_spec("mnist", tmp_path, size=32))

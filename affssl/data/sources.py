@@ -36,6 +36,21 @@ TORCHVISION: dict[str, str] = {  # --dataset name → torchvision.datasets class
     "mnist": "MNIST",
     "fashion-mnist": "FashionMNIST",
 }
+# What torchvision reads in ROOT/<name>/ without downloading (its integrity check), for the offline message.
+MNIST_RAW = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+OFFLINE_FILES: dict[str, str] = {
+    "cifar10": "cifar-10-batches-py/ with data_batch_1 … data_batch_5 and test_batch (extract "
+               "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there)",
+    "cifar100": "cifar-100-python/ with train and test (extract "
+                "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz there)",
+    "stl10": "stl10_binary/ with train_X.bin, train_y.bin, unlabeled_X.bin, test_X.bin and test_y.bin (extract "
+             "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz there)",
+    "svhn": "train_32x32.mat and test_32x32.mat (from http://ufldl.stanford.edu/housenumbers/)",
+    "mnist": f"MNIST/raw/ with {MNIST_RAW} (the .gz files of https://ossci-datasets.s3.amazonaws.com/mnist/, "
+             "decompressed)",
+    "fashion-mnist": f"FashionMNIST/raw/ with {MNIST_RAW} (the .gz files of "
+                     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/, decompressed)",
+}  # fmt: skip
 CALTECH101_URL = "https://data.caltech.edu/records/mzrjq-6wc02"
 CALTECH101_SKIP = ("BACKGROUND_Google",)
 
@@ -111,9 +126,10 @@ def _torchvision(name: str, root: Path, size: int) -> Loaded:
         try:
             ds = cls(str(root), download=False, **kwargs)
         except (RuntimeError, OSError):
+            put = f"put {root}/{OFFLINE_FILES[name]}"
             if os.environ.get("AFFSSL_OFFLINE") == "1":
                 raise DataError(
-                    f"data set {name!r} is not in {root} and downloads are off (AFFSSL_OFFLINE=1); put it there, "
+                    f"data set {name!r} is not in {root} and downloads are off (AFFSSL_OFFLINE=1); {put}, "
                     f"or pass `--dataset PATH` with an image folder laid out as {LAYOUTS}"
                 ) from None
             try:
@@ -121,7 +137,7 @@ def _torchvision(name: str, root: Path, size: int) -> Loaded:
             except (RuntimeError, OSError) as err:
                 raise DataError(
                     f"data set {name!r} could not be downloaded into {root} ({err}); connect to the internet and "
-                    f"retry, or pass `--dataset PATH` with an image folder laid out as {LAYOUTS}"
+                    f"retry, {put}, or pass `--dataset PATH` with an image folder laid out as {LAYOUTS}"
                 ) from err
         targets = getattr(ds, "targets", None)
         labels = torch.as_tensor(np.asarray(ds.labels if targets is None else targets)).long()  # (N,)
