@@ -52,9 +52,14 @@ def check(run: Path, resume: bool, overwrite: bool) -> bool:
     if run.exists() and not run.is_dir():
         raise UserError(f"--out {run} is a file; name a folder")
     busy = run.is_dir() and any(p.name != LOCK for p in run.iterdir())  # the lock is this command's own
-    if resume and not (run / LAST).is_file():
-        raise UserError(f"nothing to resume in {run}: no {LAST}; drop --resume to start a new run")
+    saved = (run / LAST).is_file()
+    if resume and not saved:
+        again = "pass --overwrite instead of --resume to start it again" if busy else "drop --resume to start a new run"
+        raise UserError(f"nothing to resume in {run}: no {LAST}, so no step of it was saved; {again}")
     if busy and not overwrite and not resume:
+        if not saved and (run / SPEC).is_file():  # a run that ended before its first checkpoint (an older affssl's)
+            raise UserError(f"{run} holds a run that saved no checkpoint; pass --overwrite to start it again, or "
+                            "another --out")  # fmt: skip
         raise UserError(f"{run} already holds files; pass --resume to continue it, --overwrite to replace it, "
                         "or another --out")  # fmt: skip
     return busy

@@ -201,3 +201,14 @@ def test_debug_is_taken_after_the_command_name_too(argv):
     assert result.exit_code != 0 and result.exception is not None and "No such option" not in result.output
     assert not isinstance(result.exception, SystemExit), result.output  # the error itself, with its traceback
     assert_one_line_error(run(*[a for a in argv if a != "--debug"]), "")  # without it: the one line again
+
+
+def test_a_run_folder_without_a_checkpoint_points_at_overwrite_not_round_in_circles(tmp_path):
+    # The issue: a failed run's leftover spec.json made a rerun say "pass --resume" and --resume say "drop --resume".
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "spec.json").write_text("{}")
+    assert_one_line_error(run("pretrain", "--out", out, *TINY), "saved no checkpoint; pass --overwrite")
+    assert_one_line_error(run("pretrain", "--resume", "--out", out), "pass --overwrite instead of --resume")
+    result = run("pretrain", "--overwrite", "--epochs", "1", "--no-progress", "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
