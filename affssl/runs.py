@@ -20,8 +20,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from affssl import atomic
@@ -79,22 +77,30 @@ def prepare(run: Path, resume: bool, overwrite: bool) -> None:
         raise write_failed(run, err) from None
 
 
-@contextmanager
-def undone_on_failure(run: Path, overwrite: bool = False) -> Iterator[None]:
+class UndoOnFailure:
     """Within: a failure that leaves no checkpoint in `run` removes what the command created (README: a failing
     command creates nothing), so the same command can simply be run again.
 
-    Files `run` held before are kept (with --overwrite the command has replaced them: nothing of theirs is
-    left); the folder itself, and any parent made for it, is removed only when the command created it.
+    Only once `arm()`ed, when the command holds the run's lock: a command refused by another writer's lock
+    touches nothing. Files `run` held before are kept (with --overwrite the command has replaced them:
+    nothing of theirs is left); the folder itself, and any parent made for it, is removed only when the
+    command created it. `on=False`: does nothing (a --resume, or a process other than rank 0).
     """
-    made = [p for p in (run, *run.parents) if not p.exists()]  # the folders this command will create
-    kept = set() if overwrite or not run.is_dir() else {p.name for p in run.iterdir()}
-    try:
-        yield
-    except BaseException:
-        if not (run / LAST).exists():
-            _remove_new(run, kept, made)
-        raise
+
+    def __init__(self, run: Path, overwrite: bool = False, on: bool = True):
+        self.run, self.on, self.armed = run, on, False
+        self.made = [p for p in (run, *run.parents) if not p.exists()]  # the folders this command will create
+        self.kept = set() if overwrite or not run.is_dir() else {p.name for p in run.iterdir()}
+
+    def arm(self) -> None:
+        self.armed = self.on
+
+    def __enter__(self) -> UndoOnFailure:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None and self.armed and not (self.run / LAST).exists():
+            _remove_new(self.run, self.kept, self.made)
 
 
 def _remove_new(run: Path, kept: set[str], made: list[Path]) -> None:

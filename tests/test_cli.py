@@ -212,3 +212,15 @@ def test_a_run_folder_without_a_checkpoint_points_at_overwrite_not_round_in_circ
     assert_one_line_error(run("pretrain", "--resume", "--out", out), "pass --overwrite instead of --resume")
     result = run("pretrain", "--overwrite", "--epochs", "1", "--no-progress", "--out", out, *TINY)
     assert result.exit_code == 0, result.output
+
+
+def test_a_command_refused_by_another_writers_lock_removes_nothing(tmp_path):
+    from affssl import runlock
+
+    out = tmp_path / "live"
+    with runlock.hold(out):  # another writer, mid-run, before its first checkpoint
+        (out / "spec.json").write_text("{}")
+        (out / "metrics.jsonl").write_text("")
+        result = run("pretrain", "--overwrite", "--epochs", "1", "--no-progress", "--out", out, *TINY)
+        assert_one_line_error(result, "is being written by")
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "metrics.jsonl", "spec.json"]

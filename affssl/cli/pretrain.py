@@ -105,8 +105,9 @@ def pretrain(
     spec, data = storage.settle(spec, resolve_device(spec.train.device), progress and distributed.is_main())
     cpus.mark_window()  # after a long decode the busy sample starts here (affssl.cpus)
     main = distributed.is_main()
-    with runs.undone_on_failure(run, overwrite) if main and not resume else contextlib.nullcontext(), \
+    with runs.UndoOnFailure(run, overwrite, on=main and not resume) as undo, \
             runlock.hold(run) if main else contextlib.nullcontext() as stale:  # fmt: skip
+        undo.arm()  # the folder is this command's now: a failure before its first checkpoint removes what it made
         if stale:
             err.print(f"note: took over the lock of a run that ended without releasing it ({escape(stale)})")
         if distributed.is_main() and resume:
