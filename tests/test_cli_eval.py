@@ -146,6 +146,8 @@ def test_eval_init_random_scores_the_untrained_encoder_of_a_spec(tmp_path, monke
     (tmp_path / "run" / "spec.json").write_text((folder / "spec.json").read_text())
     result = runner.invoke(app, ["eval", "knn", "--init", "random", "run/spec.json", "--limit", "100", "--json"])
     assert result.exit_code == 0 and (tmp_path / "run/floor/last.safetensors").is_file()
+    again = runner.invoke(app, ["eval", "knn", "--init", "random", "run", "--limit", "100", "--json"])  # the folder
+    assert again.exit_code == 0 and json.loads(again.stdout)["path"] == json.loads(result.stdout)["path"]
     refused = runner.invoke(app, ["eval", "knn", "run/floor/last.safetensors", "--set", "train.seed=1"])
     assert refused.exit_code == 2 and "--init random" in refused.output
 

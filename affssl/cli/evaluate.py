@@ -75,7 +75,7 @@ def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_
     if init == "random":  # the floor: RUN/floor or floors/<spec hash>/last.safetensors (affssl.floor)
         from affssl import floor
 
-        source = str(ckpt)
+        source = str(ckpt / runs.SPEC if (ckpt / runs.SPEC).is_file() else ckpt)  # a run folder: its spec.json
         if Path(source).name == runs.SPEC and Path(source).is_file():
             spec = build_spec(json.loads(Path(source).read_text()), list(set_ or []), source)
         else:
