@@ -111,7 +111,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
         feed, spec, show_progress and distributed.is_main())  # fmt: skip
     notes.append(monitor.startup_line(subset, spec) if show_progress else None)
     watcher = monitor.Monitor(subset, spec, policy, device) if subset is not None else None
-    watch, shown = Watch(run, spec, resume_step), ""
+    watch, shown, status = Watch(run, spec, resume_step), "", ""  # the progress line: loss and img/s, the monitor's
 
     # Notes once the run is sure to start (an error before it stays one line): threads, load, guarded layers.
     notes.append(runenv.busy_line(spec.train.threads, device))
@@ -191,7 +191,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                                "img_per_s": n_steps * spec.train.batch_size / (now - t_log)}  # fmt: skip
                     t_log = now
                     watch.record({"kind": "step", **record})
-                    progress.update(task, status=f"loss {record['loss']:.4f}  {record['img_per_s']:.0f} img/s{shown}")
+                    status = f"loss {record['loss']:.4f}  {record['img_per_s']:.0f} img/s"
+                    progress.update(task, status=status + shown)
                 progress.advance(task)
                 if world == 1 and stop.signum:  # one process: stop after this very step
                     signum = agree(guard, stop, optimizer.param_groups[0]["lr"])
@@ -208,6 +209,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
             check_finite(learner, optimizer, summary["step"], guard)
             scores = watcher.score(learner) if watcher and monitor.due(spec, epoch + 1) else {}  # all ranks
             shown = f"  {monitor.describe(scores)}" if scores else shown
+            progress.update(task, status=status + shown)  # this epoch's scores, shown now, not at the next log line
             watch.record({"kind": "epoch", **summary, **scores})
             watch.epoch_end(final=epoch + 1 == spec.train.epochs)
             if distributed.is_main():

@@ -132,9 +132,9 @@ def _export_onnx(backbone: nn.Module, source: Source, out: Path) -> float:
             if dynamo
             else {"dynamic_axes": {"images": {0: "batch"}, "features": {0: "batch"}}}
         )
-        torch.onnx.export(
-            backbone, (x,), tmp, input_names=["images"], output_names=["features"], dynamo=dynamo, **batch
-        )
+        # verbose=False: no "[torch.onnx] …" progress lines beside the CLI's own one line
+        torch.onnx.export(backbone, (x,), tmp, input_names=["images"], output_names=["features"], dynamo=dynamo,
+                          verbose=False, **batch)  # fmt: skip
         model = onnx.load(tmp)
         onnx.helper.set_model_props(model, _metadata(source, backbone))
         onnx.save(model, tmp)

@@ -85,6 +85,7 @@ class DivergenceGuard:
         self.values: Tensor | None = None  # (K,) the loss terms at that step
         self.names: tuple[str, ...] = ()
         self.first: Tensor | None = None  # () the first loss observed
+        self.first_step = -1  # the step of that first loss
         self.last: Tensor | None = None  # () the last loss observed before the first bad one
 
     def observe(self, step: int, parts: dict[str, Tensor]) -> None:
@@ -95,7 +96,8 @@ class DivergenceGuard:
         self.step = torch.where(first, step, self.step)
         self.values = values if self.values is None else torch.where(first, values, self.values)
         self.names = tuple(parts)
-        self.first = loss if self.first is None else self.first
+        if self.first is None:
+            self.first, self.first_step = loss, step
         self.last = loss if self.last is None else torch.where(bad | (self.seen > 0), self.last, loss)
         torch.maximum(self.seen, bad.float(), out=self.seen)  # in place: `protect` holds this tensor
 
@@ -109,11 +111,12 @@ class DivergenceGuard:
         if self.values is None or int(self.step) < 0:
             return Diverged(f"the loss diverged in another process; nothing after the last finite step was "
                             f"saved; {self.fix(lr)}")  # fmt: skip
-        terms = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.names, self.values.tolist(), strict=True))
-        loss = float(self.values[self.names.index("loss")])
-        what = "is not finite" if not math.isfinite(loss) else f"passed train.max_loss {self.max_loss:g}"
-        return Diverged(f"the loss {what} at step {int(self.step) + 1} ({terms}); nothing after the last finite "
-                        f"step was saved; {self.fix(lr, passed=math.isfinite(loss))}")  # fmt: skip
+        values = dict(zip(self.names, self.values.tolist(), strict=True))
+        terms = ", ".join(f"{n} {v:.4g}" for n, v in values.items())
+        what = "is not finite" if not math.isfinite(values["loss"]) else f"passed train.max_loss {self.max_loss:g}"
+        fix = self.fix(lr, passed=math.isfinite(values["loss"]))
+        return Diverged(f"the loss {what} at step {int(self.step) + 1} ({terms}{culprit(values)}); nothing after "
+                        f"the last finite step was saved; {fix}")  # fmt: skip
 
     def fix(self, lr: float, passed: bool = False) -> str:
         """What to do: lower the lr when the loss grew before the fault (or passed max_loss), else look elsewhere.
@@ -126,15 +129,37 @@ class DivergenceGuard:
             return (f"lower optim.lr (now {lr:g}) if the loss was growing, else look for a numeric fault ({retry}"
                     "check the data for non-finite pixels); start a new run")  # fmt: skip
         first, last = float(self.first), float(self.last)
-        if passed or (math.isfinite(last) and last > 1.5 * abs(first) + 1e-3):
-            return (
-                f"the loss rose from {first:.4g} to {last:.4g} before it; lower optim.lr (now {lr:g}) and start "
-                "a new run"
-            )
+        bad_step = int(self.step)
+        if 0 <= bad_step - self.first_step <= 1:  # no history to read a trend from: say what there is
+            before = "it was the first step" if bad_step == self.first_step else \
+                f"the one step before it had loss {last:.6g}"  # fmt: skip
+            if passed:
+                return f"{before}; lower optim.lr (now {lr:g}) and start a new run"
+            return (f"{before}; lower optim.lr (now {lr:g}) if it is high, else look for a numeric fault ({retry}"
+                    "check the data for non-finite pixels); start a new run")  # fmt: skip
+        if math.isfinite(last) and last > 1.5 * abs(first) + 1e-3:
+            return f"the loss rose from {first:.4g} to {last:.4g} before it; lower optim.lr (now {lr:g}) and start " \
+                "a new run"  # fmt: skip
+        if passed:
+            return (f"the loss jumped there in one step (from {last:.6g}; {first:.6g} at first); lower optim.lr "
+                    f"(now {lr:g}) and start a new run")  # fmt: skip
         return (
             f"the loss held steady before it ({first:.4g} → {last:.4g}), so the lr (now {lr:g}) is an unlikely "
             f"cause: look for a numeric fault ({retry}check the data for non-finite pixels) and start a new run"
         )
+
+
+def culprit(values: dict[str, float]) -> str:
+    """'; loss_affine is the term that broke' when the loss has terms and one of them is not finite or dominates."""
+    terms = {k: v for k, v in values.items() if k != "loss"}
+    if len(terms) < 2:
+        return ""
+    bad = [k for k, v in terms.items() if not math.isfinite(v)]
+    top = max(terms, key=lambda k: abs(terms[k]))
+    others = sum(abs(v) for k, v in terms.items() if k != top)
+    if bad or abs(terms[top]) > 100 * max(others, 1.0):
+        return f"; {bad[0] if bad else top} is the term that broke"
+    return ""
 
 
 def preempted(signum: int, run: Path, step: int, epoch: int) -> Preempted:

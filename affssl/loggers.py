@@ -31,6 +31,7 @@ from affssl.spec import RunSpec, flatten
 
 IDS = "loggers.json"
 MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # logger → module it needs
+SHORT_CHARS = 100  # of a logger's error message in our one line (--debug shows the whole traceback)
 
 
 def require(names: tuple[str, ...] | list[str]) -> None:
@@ -52,6 +53,14 @@ def hyperparameters(spec: RunSpec) -> dict[str, str | int | float | bool]:
     """The resolved spec as {dotted field: value}; lists and None as their JSON text."""
     flat = flatten(json.loads(spec.model_dump_json()))
     return {k: v if isinstance(v, str | int | float | bool) else json.dumps(v) for k, v in flat.items()}
+
+
+def short(error: Exception, limit: int = SHORT_CHARS) -> str:
+    """A logger library's exception in a few words: its type and the first sentence of its first line."""
+    text = " ".join(str(error).split("\n")[0].split())
+    text = text.split(". ")[0].split("; ")[0].rstrip(".")
+    text = text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class TensorBoard:
@@ -156,8 +165,8 @@ class Loggers:
                 self.open[name] = KINDS[name](run, spec, states.get(name, {}), resume_step)
         except Exception as error:
             self.close(ok=False)
-            raise UserError(f"could not start the {name} logger ({type(error).__name__}: {error}); "
-                            f"fix its settings or drop {name} from train.loggers") from error  # fmt: skip
+            raise UserError(f"could not start the {name} logger ({short(error)}); fix its settings (--debug shows "
+                            f"the whole error) or drop {name} from train.loggers") from error  # fmt: skip
         if self.open:
             path.write_text(json.dumps(states | {k: v.state for k, v in self.open.items()}, indent=2) + "\n")
 
@@ -168,7 +177,7 @@ class Loggers:
             try:
                 logger.log(step, values)
             except Exception as error:  # a logger must not end the training it watches
-                print(f"warning: the {name} logger failed ({type(error).__name__}: {error}); "
+                print(f"warning: the {name} logger failed ({short(error)}); "
                       "it logs nothing more, metrics.jsonl goes on", file=sys.stderr)  # fmt: skip
                 self.open.pop(name)
 
@@ -177,5 +186,5 @@ class Loggers:
             try:
                 logger.close(ok)
             except Exception as error:  # the run's own files are written; a logger's end is not worth a failure
-                print(f"warning: the {name} logger did not close ({type(error).__name__}: {error})", file=sys.stderr)
+                print(f"warning: the {name} logger did not close ({short(error)})", file=sys.stderr)
         self.open = {}

@@ -7,6 +7,10 @@ and the warp of view 1 from `affine.warp`. Views and φ are drawn for the whole 
 training (each image's draws depend on the batch), and the first few images are shown: the
 stored image, view 1, view 2, view 1 warped with its φ written under it, and any further views
 `augment.local_views` draws after them, as training does (local crops, when multi-crop is on).
+
+On the chunks storage training crops each view from the whole stored image (short side
+data.store_px, aspect kept), so the preview reads the first batch from the chunks as the engine
+does and crops from it; the stored column shows each whole image, fitted into its panel.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
 
 from affssl import affine, atomic, augment
 from affssl.data import Dataset, batches, load_dataset
@@ -39,23 +45,49 @@ class Preview(NamedTuple):
     local: tuple[Tensor, ...]  # the local crops (multi-crop), each (n, C, s, s)
 
 
+def first_index(spec: RunSpec, count: int, device: torch.device) -> Tensor:
+    """(B,) the rows of the engine's first batch (epoch 0, the "order" generator)."""
+    from affssl.engine import generator
+
+    index = next(batches(count, spec.train.batch_size, generator(spec.train.seed, "order", 0, device)), None)
+    if index is None:
+        raise UserError(f"{count} training images are fewer than one batch of {spec.train.batch_size}; "
+                        "lower --batch-size or raise --limit")  # fmt: skip
+    return index
+
+
 def first_batch(spec: RunSpec, data: Dataset, n: int = IMAGES) -> Preview:
-    """The engine's first step, up to the warp, for the first n images of its batch."""
-    from affssl.engine import generator, resolve_device
+    """The engine's first step, up to the warp, for the first n images of its batch (tensor storage)."""
+    from affssl.engine import resolve_device
 
     device = resolve_device(spec.train.device)
     images = data.train.images  # (N, C, S, S) uint8
-    order = generator(spec.train.seed, "order", 0, device)
-    index = next(batches(images.shape[0], spec.train.batch_size, order), None)  # (B,) as the engine's first batch
-    if index is None:
-        raise UserError(f"{images.shape[0]} training images are fewer than one batch of {spec.train.batch_size}; "
-                        "lower --batch-size or raise --limit")  # fmt: skip
-    x = images.to(device)[index]  # (B, C, S, S) uint8
+    x = images.to(device)[first_index(spec, images.shape[0], device)]  # (B, C, S, S) uint8
+    return _views(spec, x, None, n)
+
+
+def first_chunk_batch(spec: RunSpec, feed, n: int = IMAGES) -> Preview:
+    """The same on the chunks storage: the first batch read from `feed` (a ChunkFeed), cropped from whole images."""
+    index = first_index(spec, feed.count, feed.device)
+    reader = feed.epoch([index], 0, len(index), 0)
+    x, sizes = next(reader)  # (B, C, H_max, W_max) uint8, (B, 2)
+    reader.close()  # its loader workers end
+    return _views(spec, x, sizes, n)
+
+
+def _views(spec: RunSpec, x: Tensor, sizes: Tensor | None, n: int) -> Preview:
+    """What the learner and the affine block draw from x (B, C, H, W) uint8 (whole images of `sizes` when given)."""
+    from affssl.engine import generator
+
+    device, size = x.device, spec.data.image_size_px
     g_views = generator(spec.train.seed, "views", 0, device)
-    v1, v2 = augment.views(x, spec.augment, g_views)  # (B, C, S, S) each
+    if sizes is None:
+        v1, v2 = augment.views(x, spec.augment, g_views)  # (B, C, S, S) each
+    else:
+        v1, v2 = augment.views(x, spec.augment, g_views, sizes, size)  # (B, C, S, S) each
     B, local = x.shape[0], []
     if spec.augment.local_crops:  # drawn after the global views from the same generator, as the learner does
-        every = augment.local_views(x, spec.augment, g_views)  # (N·B, C, s, s), row c·B + i: crop c of image i
+        every = augment.local_views(x, spec.augment, g_views, sizes)  # (N·B, C, s, s), row c·B + i: crop c of image i
         local = [every[c * B : (c + 1) * B] for c in range(spec.augment.local_crops)]
     warped = phi = None
     if spec.affine.enabled:
@@ -63,7 +95,18 @@ def first_batch(spec: RunSpec, data: Dataset, n: int = IMAGES) -> Preview:
         phi = affine.sample(v1.shape[0], spec.affine, v1.shape[-1], g_affine)  # (B, 6)
         warped = affine.warp(v1, phi, spec.affine)  # (B, C, S, S)
     first = lambda t: None if t is None else t[:n].float().cpu()  # noqa: E731
-    return Preview(first(x).div(255), first(v1), first(v2), first(warped), first(phi), tuple(map(first, local)))
+    stored = first(x).div(255) if sizes is None else fitted(first(x).div(255), sizes[:n].cpu(), size)
+    return Preview(stored, first(v1), first(v2), first(warped), first(phi), tuple(map(first, local)))
+
+
+def fitted(x: Tensor, sizes: Tensor, size: int) -> Tensor:
+    """Whole images x (n, C, H_max, W_max) of (height, width) `sizes` (n, 2), each resized to fit a size × size
+    panel (aspect kept, long side = size) on black: (n, C, size, size)."""
+    out = x.new_zeros(x.shape[0], x.shape[1], size, size)
+    for i, (h, w) in enumerate(sizes.tolist()):
+        th, tw = max(1, round(h * size / max(h, w))), max(1, round(w * size / max(h, w)))
+        out[i, :, :th, :tw] = TF.resize(x[i, :, :h, :w], [th, tw], antialias=True)
+    return out
 
 
 def phi_text(phi: Tensor) -> str:
@@ -119,9 +162,16 @@ def write_preview(spec: RunSpec, path: Path, n: int = IMAGES, progress: bool = F
     """Load the run's data as `affssl pretrain` would, compute the first batch's views and draw them into `path`."""
     if path.suffix.lower() != ".png":
         raise UserError(f"--preview {path} must name a .png file")
-    data = load_dataset(spec.data, seed=spec.train.seed, progress=progress)
-    preview = first_batch(spec, data, n)
+    from affssl.data import storage
+    from affssl.engine import resolve_device
+
+    device = resolve_device(spec.train.device)
+    if storage.resolve(spec.data, device, None)[0] == "chunks":  # training crops from the whole stored images
+        spec, feed = storage.prepare(spec, device, None, progress)
+        preview, what = first_chunk_batch(spec, feed, n), "whole stored images, cropped"
+    else:
+        preview, what = first_batch(spec, load_dataset(spec.data, seed=spec.train.seed, progress=progress), n), ""
     module = "module on" if spec.affine.enabled else "module off"
     draw(preview, path, f"{spec.data.dataset}, {spec.data.image_size_px} px: first batch of seed {spec.train.seed} "
-                        f"(batch {spec.train.batch_size}, {module})")  # fmt: skip
+                        f"(batch {spec.train.batch_size}, {module}{', ' + what if what else ''})")  # fmt: skip
     return preview

@@ -32,8 +32,9 @@ from affssl import cpus, distributed
 from affssl.errors import UserError
 from affssl.spec import RunSpec
 
-# The measurement of the default run on 2 cores: 22 s alone, 84–109 s beside a 2-thread matrix product.
-_COST = "a step waits for the slowest thread, so the run can take several times as long (benchmarks/contention.py)"
+# benchmarks/contention.py, docs/sharing-the-machine.md: the default run on 2 cores beside a 2-thread matrix product.
+_COST = "a step waits for the slowest thread (measured: the default run beside such work on 2 CPUs took 146 s at 2 " \
+    "threads, 28 s at 1; docs/sharing-the-machine.md)"  # fmt: skip
 
 
 def with_threads(spec: RunSpec, threads: int) -> RunSpec:
@@ -135,7 +136,7 @@ def busy_line(threads: int, device: torch.device, sample=cpus.busy_cpus) -> str 
         return None
     fits = max(1, int(free + 0.5))
     return (f"other work kept {busy:.1f} of the {len(mask)} CPUs this run may use busy as it started; with {threads} "
-            f"threads {_COST}; --set train.threads={fits} fits what is free")  # fmt: skip
+            f"threads {_COST}; --threads {fits} (train.threads) fits what is free")  # fmt: skip
 
 
 def say(line: str | None, show: bool = True) -> None:

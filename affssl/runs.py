@@ -50,9 +50,14 @@ def check(run: Path, resume: bool, overwrite: bool) -> bool:
     if run.exists() and not run.is_dir():
         raise UserError(f"--out {run} is a file; name a folder")
     busy = run.is_dir() and any(p.name != LOCK for p in run.iterdir())  # the lock is this command's own
-    if resume and not (run / LAST).is_file():
-        raise UserError(f"nothing to resume in {run}: no {LAST}; drop --resume to start a new run")
+    saved = (run / LAST).is_file()
+    if resume and not saved:
+        again = "pass --overwrite instead of --resume to start it again" if busy else "drop --resume to start a new run"
+        raise UserError(f"nothing to resume in {run}: no {LAST}, so no step of it was saved; {again}")
     if busy and not overwrite and not resume:
+        if not saved and (run / SPEC).is_file():  # a run that ended before its first checkpoint (an older affssl's)
+            raise UserError(f"{run} holds a run that saved no checkpoint; pass --overwrite to start it again, or "
+                            "another --out")  # fmt: skip
         raise UserError(f"{run} already holds files; pass --resume to continue it, --overwrite to replace it, "
                         "or another --out")  # fmt: skip
     return busy
@@ -70,6 +75,43 @@ def prepare(run: Path, resume: bool, overwrite: bool) -> None:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise write_failed(run, err) from None
+
+
+class UndoOnFailure:
+    """Within: a failure that leaves no checkpoint in `run` removes what the command created (README: a failing
+    command creates nothing), so the same command can simply be run again.
+
+    Only once `arm()`ed, when the command holds the run's lock: a command refused by another writer's lock
+    touches nothing. Files `run` held before are kept (with --overwrite the command has replaced them:
+    nothing of theirs is left); the folder itself, and any parent made for it, is removed only when the
+    command created it. `on=False`: does nothing (a --resume, or a process other than rank 0).
+    """
+
+    def __init__(self, run: Path, overwrite: bool = False, on: bool = True):
+        self.run, self.on, self.armed = run, on, False
+        self.made = [p for p in (run, *run.parents) if not p.exists()]  # the folders this command will create
+        self.kept = set() if overwrite or not run.is_dir() else {p.name for p in run.iterdir()}
+
+    def arm(self) -> None:
+        self.armed = self.on
+
+    def __enter__(self) -> UndoOnFailure:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None and self.armed and not (self.run / LAST).exists():
+            _remove_new(self.run, self.kept, self.made)
+
+
+def _remove_new(run: Path, kept: set[str], made: list[Path]) -> None:
+    """Remove what is in `run` but not in `kept`, then the folders of `made` that are empty (deepest first)."""
+    try:
+        for child in (p for p in run.iterdir() if p.name not in kept) if run.is_dir() else ():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        for folder in made:
+            folder.rmdir()
+    except OSError:
+        pass  # a folder someone else wrote into meanwhile stays: it is no longer only this command's
 
 
 def write_spec(run: Path, spec: RunSpec) -> None:

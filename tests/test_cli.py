@@ -6,6 +6,7 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from affssl import runs
 from affssl.cli import app
 
 runner = CliRunner()
@@ -137,3 +138,89 @@ def test_wrong_type_flag_is_rejected_by_typer():
 def test_debug_shows_traceback():
     result = run("--debug", "pretrain", "--base", "moco")
     assert result.exit_code != 0 and result.exception is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--batch-size", "4000"], "fewer than one batch of 4000"),
+        (["--set", "optim.lr=1e4", "--set", "train.max_loss=1e3"], "passed train.max_loss"),  # diverges in epoch 1
+    ],
+)
+def test_a_failing_run_creates_nothing_and_the_same_folder_then_trains(args, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "r"
+    tiny = [a for a in TINY if a != "--batch-size" and a != "32"] if "--batch-size" in args else TINY
+    assert_one_line_error(run("pretrain", "--epochs", "1", "--no-progress", "--out", out, *tiny, *args), fragment)
+    assert list(tmp_path.iterdir()) == []  # no RUN/spec.json, no runs/: a rerun needs no --resume
+    kept = tmp_path / "mine"  # a folder the user made: it stays, with what it held
+    kept.mkdir()
+    assert_one_line_error(run("pretrain", "--epochs", "1", "--no-progress", "--out", kept, *tiny, *args), fragment)
+    assert list(kept.iterdir()) == []
+    result = run("pretrain", "--epochs", "1", "--no-progress", "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+
+
+def test_resume_to_fewer_epochs_than_trained_is_refused_and_changes_nothing(tmp_path):
+    out = tmp_path / "run"
+    assert run("pretrain", "--epochs", "2", "--no-progress", "--out", out, *TINY).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run("pretrain", "--resume", "--epochs", "1", "--no-progress", "--out", out)
+    assert_one_line_error(result, "is at epoch 2; pass --epochs 2 or more")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # spec.json still says 2 epochs
+
+
+def test_threads_is_one_flag_for_train_threads():
+    result = run("pretrain", "--threads", "1", "--print-spec")
+    assert result.exit_code == 0 and tomllib.loads(result.output)["train"]["threads"] == 1, result.output
+    assert tomllib.loads(run("pretrain", "--threads", "auto", "--print-spec").output)["train"]["threads"] == "auto"
+    assert_one_line_error(run("pretrain", "--threads", "two"), "--threads 'two'")
+
+
+def test_the_progress_line_shows_this_epochs_knn_and_done_gives_the_final_scores(tmp_path):
+    # The issue: the line showed the kNN one epoch behind (none at all in a one-epoch run); done gave none.
+    result = run("pretrain", "--epochs", "1", "--out", tmp_path / "run", *TINY)
+    assert result.exit_code == 0, result.output
+    final = [r for r in runs.read_metrics(tmp_path / "run") if r.get("kind") == "epoch"][-1]
+    knn = f"kNN {final['monitor_knn_top1']:.1f} %"
+    bar = [line for line in result.output.splitlines() if line.startswith("pretrain")]
+    assert bar and knn in bar[-1], result.output
+    done = " ".join(result.output[result.output.index("done in") :].split())
+    assert f"monitor {knn}, R² " in done and "(epoch 1)" in done, done
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["pretrain", "--debug", "--base", "moco"], ["pretrain", "--base", "moco", "--debug"],
+     ["eval", "linear", "/no/such.safetensors", "--debug"], ["eval", "--debug", "knn", "/no/such.safetensors"],
+     ["export", "/no/such.safetensors", "--out", "x.safetensors", "--debug"], ["ablate", "--debug", "--base", "moco"]],
+    ids=" ".join,
+)  # fmt: skip
+def test_debug_is_taken_after_the_command_name_too(argv):
+    result = run(*argv)
+    assert result.exit_code != 0 and result.exception is not None and "No such option" not in result.output
+    assert not isinstance(result.exception, SystemExit), result.output  # the error itself, with its traceback
+    assert_one_line_error(run(*[a for a in argv if a != "--debug"]), "")  # without it: the one line again
+
+
+def test_a_run_folder_without_a_checkpoint_points_at_overwrite_not_round_in_circles(tmp_path):
+    # The issue: a failed run's leftover spec.json made a rerun say "pass --resume" and --resume say "drop --resume".
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "spec.json").write_text("{}")
+    assert_one_line_error(run("pretrain", "--out", out, *TINY), "saved no checkpoint; pass --overwrite")
+    assert_one_line_error(run("pretrain", "--resume", "--out", out), "pass --overwrite instead of --resume")
+    result = run("pretrain", "--overwrite", "--epochs", "1", "--no-progress", "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_command_refused_by_another_writers_lock_removes_nothing(tmp_path):
+    from affssl import runlock
+
+    out = tmp_path / "live"
+    with runlock.hold(out):  # another writer, mid-run, before its first checkpoint
+        (out / "spec.json").write_text("{}")
+        (out / "metrics.jsonl").write_text("")
+        result = run("pretrain", "--overwrite", "--epochs", "1", "--no-progress", "--out", out, *TINY)
+        assert_one_line_error(result, "is being written by")
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "metrics.jsonl", "spec.json"]

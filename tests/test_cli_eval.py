@@ -53,6 +53,16 @@ def test_eval_prints_a_table_and_json(run_ckpt, argv, title, key):
     assert saved["checkpoint"]["sha256"] == record["checkpoint"]["sha256"] and saved["spec"] == record["spec"]
 
 
+def test_a_run_folder_stands_for_its_last_checkpoint(run_ckpt, tmp_path):
+    result = runner.invoke(app, ["eval", "knn", str(run_ckpt.parent), "--limit", "200", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checkpoint"]["path"] == str(run_ckpt.resolve())
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    result = runner.invoke(app, ["eval", "linear", str(empty)])
+    assert result.exit_code == 2 and f"{empty} is a folder without last.safetensors" in result.output, result.output
+
+
 def test_export_cli(run_ckpt, tmp_path):
     result = runner.invoke(app, ["export", str(run_ckpt), "--out", str(tmp_path / "bb.safetensors")])
     assert result.exit_code == 0, result.output
@@ -136,6 +146,8 @@ def test_eval_init_random_scores_the_untrained_encoder_of_a_spec(tmp_path, monke
     (tmp_path / "run" / "spec.json").write_text((folder / "spec.json").read_text())
     result = runner.invoke(app, ["eval", "knn", "--init", "random", "run/spec.json", "--limit", "100", "--json"])
     assert result.exit_code == 0 and (tmp_path / "run/floor/last.safetensors").is_file()
+    again = runner.invoke(app, ["eval", "knn", "--init", "random", "run", "--limit", "100", "--json"])  # the folder
+    assert again.exit_code == 0 and json.loads(again.stdout)["path"] == json.loads(result.stdout)["path"]
     refused = runner.invoke(app, ["eval", "knn", "run/floor/last.safetensors", "--set", "train.seed=1"])
     assert refused.exit_code == 2 and "--init random" in refused.output
 
@@ -184,3 +196,38 @@ def test_eval_under_taskset_to_one_cpu_probes_on_one_thread(run_ckpt):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["options"]["threads"] == 1
     assert "note: threads: 1 (1 CPUs in the affinity mask" in done.stderr
+
+
+def test_every_command_skips_what_training_skipped(tmp_path, monkeypatch):
+    # The issue: pretrain skipped an unreadable image (within data.max_bad_frac) and recorded it, then every
+    # eval and --preview of the same folder stopped on it.
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 24), ("test", 6)):
+        for name in ("cat", "dog"):
+            (tmp_path / "data" / part / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / part / name / f"{i}.png")  # fmt: skip
+    broken = tmp_path / "data" / "train" / "cat" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    run = tmp_path / "run"
+    sets = ["--set", "backbone.width=4", "--set", "data.image_size_px=16", "--set", "data.max_bad_frac=0.05",
+            "--set", "train.monitor_every=0"]  # fmt: skip
+    result = runner.invoke(app, ["pretrain", "--dataset", str(tmp_path / "data"), "--epochs", "1", "--batch-size",
+                                 "16", "--no-progress", "--out", str(run), *sets])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads((run / "spec.json").read_text())["data"]
+    assert data["bad_count"] == 1 and data["bad_first"] == [str(broken)]
+    for argv in (["eval", "knn", str(run), "--json"], ["eval", "linear", str(run), "--trials", "1", "--json"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout)
+        assert record["dataset"]["skipped"] == [str(broken)] and record["dataset"]["n_train"] == 48
+        assert f"skipped 1 unreadable image(s) of {tmp_path / 'data'}: {broken}" in result.stderr
+    preview = runner.invoke(app, ["pretrain", "--dataset", str(tmp_path / "data"), "--batch-size", "16",
+                                  "--no-progress", "--preview", str(tmp_path / "views.png"), *sets])  # fmt: skip
+    assert preview.exit_code == 0 and (tmp_path / "views.png").is_file(), preview.output
+    strict = runner.invoke(app, ["pretrain", "--dataset", str(tmp_path / "data"), "--preview",
+                                 str(tmp_path / "strict.png"), "--set", "data.max_bad_frac=0"])  # fmt: skip
+    assert strict.exit_code == 2 and "more than data.max_bad_frac 0" in strict.output, strict.output

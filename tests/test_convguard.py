@@ -195,3 +195,13 @@ def test_local_crops_are_probed_at_their_own_size():
     net = build_backbone(spec.backbone, 32)
     found = convguard.probe(net, crop_sizes(spec), prefix="backbone")
     assert found and {f.crop_px for f in found} == {16}  # the global 32 px views never meet the bug; the 16 px crops do
+
+
+def test_a_loss_that_breaks_on_the_second_step_says_what_the_first_was_and_which_term_broke():
+    # The issue's `--set optim.lr=1e4`: "the loss rose from 5.961 to 5.961" when one step was all the history.
+    guard = faults.DivergenceGuard(1e6, CPU, "fp32")
+    guard.observe(0, {"loss_ssl": torch.tensor(5.96), "loss_affine": torch.tensor(0.4), "loss": torch.tensor(6.36)})
+    guard.observe(1, {"loss_ssl": torch.tensor(5.5), "loss_affine": torch.tensor(6e20), "loss": torch.tensor(6e20)})
+    line = str(guard.error(lr=1e4))
+    assert "rose from" not in line and "the one step before it had loss 6.36" in line, line
+    assert "loss_affine is the term that broke" in line and "lower optim.lr (now 10000)" in line, line

@@ -143,7 +143,7 @@ def test_busy_line_only_on_cpu_when_the_run_would_oversubscribe(monkeypatch):
     busy = lambda load: lambda mask, seconds, since: load  # noqa: E731
     line = runenv.busy_line(2, torch.device("cpu"), busy(1.4))
     assert line is not None and "other work kept 1.4 of the 2 CPUs this run may use busy" in line
-    assert "--set train.threads=1 fits" in line
+    assert "--threads 1 (train.threads) fits" in line and "146 s at 2 threads, 28 s at 1" in line
     assert runenv.busy_line(2, torch.device("cpu"), busy(0.2)) is None  # a quiet machine
     assert runenv.busy_line(1, torch.device("cpu"), busy(1.9)) is None  # one thread: nothing fewer to suggest
     assert runenv.busy_line(2, torch.device("cuda"), busy(1.9)) is None  # only a CPU run

@@ -160,12 +160,27 @@ def test_corrupt_files_are_reported_together(folder, tmp_path):
     (folder / "test" / "cat" / "empty.jpg").write_bytes(b"")
     whole = (folder / "test" / "dog" / "c_rgb.jpg").read_bytes()
     (folder / "test" / "dog" / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
-    with pytest.raises(DataError, match="4 image file") as err:
+    with pytest.raises(DataError, match=r"4 of 22 images in .* more than data.max_bad_frac 0.001") as err:
         load_dataset(_spec(folder, tmp_path))
     for name in ("broken.jpg", "garbage.png", "empty.jpg", "truncated.jpg"):
         assert name in str(err.value)
     assert "remove or replace" in str(err.value)
     assert not (tmp_path / "cache" / "decoded").exists()  # nothing cached
+
+
+def test_unreadable_images_within_max_bad_frac_are_left_out_and_listed(folder, tmp_path):
+    # The issue: training skipped such an image, then every eval and --preview of the same folder stopped.
+    (folder / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 40)
+    (folder / "test" / "cat" / "empty.jpg").write_bytes(b"")
+    whole = load_dataset(_spec(folder, tmp_path, max_bad_frac=0.1))  # 2 of 20 images
+    assert [Path(p).name for p, _ in whole.skipped] == ["broken.jpg", "empty.jpg"]
+    assert len(whole.train.images) == 10 and len(whole.test.images) == 8  # the readable ones, labels kept in step
+    assert whole.train.labels.tolist() == [0] * 5 + [1] * 5  # cat 5 (with the BMP), dog 5 (broken.jpg left out)
+    with pytest.raises(DataError, match="2 of 20 images"):  # the cached set is checked against this command's limit
+        load_dataset(_spec(folder, tmp_path, max_bad_frac=0.05))
+    known = tuple(p for p, _ in whole.skipped)  # a run's recorded list (data.bad_first): not counted again
+    again = load_dataset(_spec(folder, tmp_path, max_bad_frac=0.0, bad_first=known))
+    assert again.skipped == whole.skipped and torch.equal(again.train.images, whole.train.images)
 
 
 def test_missing_or_empty_folder(tmp_path):
@@ -242,6 +257,23 @@ def test_torchvision_offline_points_at_dataset_path(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", _Offline)
     with pytest.raises(DataError, match=r"could not be downloaded.*--dataset PATH"):
         load_dataset(_spec("cifar10", tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("name", "layout"),
+    [
+        ("cifar10", "cifar10/cifar-10-batches-py/ with data_batch_1"),
+        ("mnist", "mnist/MNIST/raw/ with train-images-idx3-ubyte"),
+    ],
+)
+def test_offline_names_the_files_to_put_in_the_cache(name, layout, tmp_path, monkeypatch):
+    # The issue: offline cifar10 never said which file layout to put under ~/.cache/affssl.
+    monkeypatch.setenv("AFFSSL_OFFLINE", "1")
+    monkeypatch.setattr(torchvision.datasets, sources.TORCHVISION[name], _Offline)
+    with pytest.raises(DataError) as err:
+        load_dataset(_spec(name, tmp_path))
+    assert f"AFFSSL_OFFLINE=1); put {tmp_path / 'cache' / layout}" in str(err.value), err.value
+    assert set(sources.OFFLINE_FILES) == set(sources.TORCHVISION)  # every torchvision set has its layout
 
 
 def test_torchvision_arrays_become_rgb_uint8(tmp_path, monkeypatch):

@@ -42,6 +42,8 @@ def commands(text: str) -> list[list[str]]:
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         found += block.replace("\\\n", " ").splitlines()
     found += [" ".join(span.split()) for span in re.findall(r"`(affssl [^`]+)`", text)]
+    # indented code blocks too (a command that runs on into the next sentence has extra arguments there)
+    found += [m.replace("\\\n", " ") for m in re.findall(r"^    (affssl (?:[^\n]*\\\n)*[^\n]*)", text, re.M)]
     out = []
     for line in found:
         for part in re.split(r"&&|;", line.split(" #")[0]):

@@ -47,3 +47,14 @@ def test_umap_map(tiny_checkpoint, tmp_path):
     pytest.importorskip("umap")
     record = evaluate_embed(tiny_checkpoint, method="auto", points=40, device="cpu", out=tmp_path / "u.png")
     assert record["result"]["method"] == "umap" and Image.open(tmp_path / "u.png").size == SIZE_PX
+
+
+def test_a_small_map_has_markers_one_can_see(tmp_path):
+    # The issue: at 100 points the map's dots were too small to see (4 pt², about 3 px across at 100 dpi).
+    from affssl.eval.embed import draw
+
+    grid = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0)), -1).reshape(-1, 2)  # 100 points, none overlapping
+    draw(grid, None, (), "100 points", tmp_path / "map.png")
+    grey = np.asarray(Image.open(tmp_path / "map.png").convert("L"))  # (650, 800)
+    inside = grey[52:610, 40:600]  # within the axes' frame (axes at 0.04, 0.05, 0.72 × 0.88 of 800 × 650 px)
+    assert (inside < 200).sum() / 100 >= 25  # px² of ink per dot: about a 6 px disc each

@@ -149,6 +149,13 @@ def test_onnx_matches_torch(arch, tiny_checkpoint, make_checkpoint, tmp_path):
     assert abs(got - want).max() <= 1e-4
 
 
+@pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None, reason="onnxscript is not installed")
+def test_onnx_export_prints_nothing_of_torch_onnx(tiny_checkpoint, tmp_path, capfd):
+    export(tiny_checkpoint, tmp_path / "bb.onnx", fmt="onnx")
+    printed = capfd.readouterr()
+    assert "torch.onnx" not in printed.out + printed.err, printed  # the CLI's own line is all a person sees
+
+
 def test_onnx_without_the_extra_is_a_user_error(tiny_checkpoint, tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "onnx" in name else real(name, *a))

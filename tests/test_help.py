@@ -40,3 +40,9 @@ def test_components_are_listed_whole_at_80_columns():
 def test_ablate_help_is_short():
     assert len(help_text(["ablate"], 120).splitlines()) <= 60
     assert len(help_text(["ablate"], 80).splitlines()) <= 85
+
+
+@pytest.mark.parametrize("command", [["pretrain"], ["ablate"], ["eval", "linear"]], ids=" ".join)
+def test_set_shows_the_same_metavar_everywhere(command):
+    text = help_text(command, 120)
+    assert "KEY=VALUE" in text and "<list" not in text, text

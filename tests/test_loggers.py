@@ -176,3 +176,26 @@ def test_a_missing_extra_is_one_line_and_creates_nothing(tmp_path, monkeypatch):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "pip install 'affssl[wandb]'" in lines[0], result.output
     assert not out.exists()
+
+
+def test_a_logger_that_fails_to_start_is_one_short_line_and_the_run_creates_nothing(tmp_path, monkeypatch):
+    # The MLflow failure printed a 400-character exception and left RUN/spec.json behind.
+    class Refuses:
+        def __init__(self, *args):
+            raise RuntimeError(" Model registry functionality is unavailable; got unsupported URI 'sqlite:///x.db'. "
+                               + "See https://www.mlflow.org/docs for how to run a server. " * 5)  # fmt: skip
+
+    monkeypatch.setitem(affssl.loggers.KINDS, "tensorboard", Refuses)
+    monkeypatch.setattr(affssl.loggers, "find_spec", lambda name: object())
+    out = tmp_path / "runs" / "run"
+    sets = [a for o in TINY for a in ("--set", o)]
+    result = CliRunner().invoke(app, ["pretrain", "--no-progress", "--epochs", "1", "--out", str(out), *sets,
+                                      "--set", "train.loggers=['tensorboard']"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and len(lines[0]) < 250, result.output
+    assert "could not start the tensorboard logger (RuntimeError: Model registry functionality is unavailable)" \
+        in lines[0] and "--debug" in lines[0], lines[0]  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # neither the run folder nor the runs/ made for it
+    again = CliRunner().invoke(app, ["pretrain", "--no-progress", "--epochs", "1", "--out", str(out), *sets])
+    assert again.exit_code == 0, again.output  # the same command without the logger simply runs: no --resume

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -85,3 +86,45 @@ def test_no_warped_column_without_the_module_and_a_column_per_further_view(tmp_p
     assert shown.local[0].equal(every[:2]) and shown.local[1].equal(every[B : B + 2])
     path = preview.draw(shown, tmp_path / "p.png", "title")
     assert Image.open(path).size == preview.figure_size_px(shown) == (900, 440)
+
+
+def test_on_chunks_the_preview_crops_from_the_whole_images_as_training_does(tmp_path, monkeypatch):
+    # The issue: on the chunks storage --preview showed the tensor cache's squares, not what training crops.
+    pytest.importorskip("litdata")
+    from test_chunks import make_folder
+
+    from affssl.data import storage
+
+    folder = make_folder(tmp_path / "jpegs", per_class=8)  # 12–28 px images of random aspect
+    spec = load_spec("default", [*TINY, f"data.dataset={folder}", f"data.root={tmp_path / 'cache'}",
+                                 "data.storage=chunks", "data.workers=0", "train.batch_size=8",
+                                 "data.limit=16"])  # fmt: skip
+    cpu = torch.device("cpu")
+    resolved, feed = storage.prepare(spec, cpu, None, progress=False)
+    shown = preview.first_chunk_batch(resolved, feed, n=4)
+    seen: dict[str, torch.Tensor] = {}
+    views = augment.views
+
+    def record_views(x, spec_, gen, sizes=None, size_px=None):
+        out = views(x, spec_, gen, sizes, size_px)
+        seen.setdefault("view1", out[0])
+        seen.setdefault("view2", out[1])
+        seen.setdefault("sizes", sizes)
+        return out
+
+    monkeypatch.setattr(learner.augment, "views", record_views)
+    pretrain(spec, tmp_path / "run", show_progress=False)
+    assert seen["sizes"] is not None  # training cropped from whole images
+    assert shown.view1.equal(seen["view1"][:4]) and shown.view2.equal(seen["view2"][:4])
+    h, w = seen["sizes"][0].tolist()
+    assert shown.stored.shape == (4, 3, 16, 16)  # each whole image fitted into its panel, aspect kept
+    if h != w:  # the short side leaves black bands: the image was not cropped to a square
+        rows, cols = (shown.stored[0].sum(0) > 0).any(1).sum().item(), (shown.stored[0].sum(0) > 0).any(0).sum().item()
+        assert (rows, cols) == ((16, round(w * 16 / h)) if h > w else (round(h * 16 / w), 16))
+    png = tmp_path / "views.png"
+    result = CliRunner().invoke(app, ["pretrain", "--no-progress", "--preview", str(png),
+                                      *[a for item in TINY for a in ("--set", item)], "--dataset", str(folder),
+                                      "--set", f"data.root={tmp_path / 'cache'}", "--set", "data.storage=chunks",
+                                      "--set", "data.workers=0", "--set", "train.batch_size=8", "--set",
+                                      "data.limit=16"])  # fmt: skip
+    assert result.exit_code == 0 and png.is_file(), result.output

@@ -105,6 +105,40 @@ def test_toml_file_and_errors(tmp_path):
         load_spec(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize(
+    ("override", "suggestion"),
+    [
+        ("optim.lrr=0.1", "did you mean optim.lr?"),  # a misspelling
+        ("train.lr=0.1", "did you mean optim.lr?"),  # the right name in another section
+        ("train.batchsize=8", "did you mean train.batch_size?"),
+        ("trian.epochs=3", "did you mean train?"),  # an unknown section
+        ("method.temperatur=0.2", "did you mean method.temperature?"),
+    ],
+)
+def test_an_unknown_key_gets_the_closest_field(override, suggestion):
+    with pytest.raises(SpecError) as info:
+        load_spec(None, [override])
+    assert f"unknown key; {suggestion}" in str(info.value)
+
+
+def test_an_unknown_key_without_a_close_field_gets_no_guess():
+    with pytest.raises(SpecError) as info:
+        load_spec(None, ["method.name=vicreg", "method.temperature=0.2"])  # SimCLR's, not VICReg's: no guess
+    assert "method.temperature: unknown key (every field" in str(info.value)
+
+
+def test_an_error_in_a_spec_file_names_the_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text("[train]\nepochz = 3\n")
+    for overrides in ([], ["train.epochs=2"]):
+        with pytest.raises(SpecError, match=f"^{path}: invalid spec: train.epochz: unknown key"):
+            load_spec(path, overrides)
+    path.write_text("[train]\nepochs = 3\n")
+    with pytest.raises(SpecError) as info:  # the override's error, not the file's
+        load_spec(path, ["optim.lrr=1"])
+    assert str(info.value).startswith("invalid spec: optim.lrr")
+
+
 @pytest.mark.parametrize("name", ["[1]", "{a = 1}", "3"])
 def test_method_name_of_another_type_is_a_spec_error(name):
     """Found by tests/test_fuzz.py: a list or table as method.name crashed the name lookup."""

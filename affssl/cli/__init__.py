@@ -31,8 +31,11 @@ app.command("export", cls=console.Command)(export.export_backbone)
 app.command(cls=console.Command)(ablate.ablate)
 
 
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (also after a command's name).")]
+
+
 @app.callback()
-def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+def _options(debug: DebugOpt = False) -> None:
     console.debug["on"] = debug or os.environ.get("AFFSSL_DEBUG") == "1"
 
 

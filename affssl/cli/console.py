@@ -46,8 +46,23 @@ def _flags_without_type(command: TyperCommand | TyperGroup, ctx: typer.Context) 
             param.metavar = ""
 
 
+def take_debug(params: list, args: list[str]) -> list[str]:
+    """`--debug` after a command's name (`affssl pretrain --debug`) means the app's --debug: switch it on and drop it.
+
+    Only before a `--`, and only for a command without a --debug of its own (the app's group has one).
+    """
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end] or any(getattr(p, "name", None) == "debug" for p in params):
+        return args
+    debug["on"] = True
+    return [a for i, a in enumerate(args) if a != "--debug" or i >= end]
+
+
 class Command(TyperCommand):
-    """A command whose --help shows flags as flags (no `<bool>`)."""
+    """A command whose --help shows flags as flags (no `<bool>`), and that takes --debug after its name."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, take_debug(self.params, args))
 
     def format_help(self, ctx: typer.Context, formatter: Any) -> None:  # formatter: click's HelpFormatter
         _flags_without_type(self, ctx)
@@ -55,7 +70,10 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
-    """A command group whose --help shows flags as flags (no `<bool>`)."""
+    """A command group whose --help shows flags as flags (no `<bool>`), and that takes --debug after its name."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, take_debug(self.params, args))
 
     def format_help(self, ctx: typer.Context, formatter: Any) -> None:  # formatter: click's HelpFormatter
         _flags_without_type(self, ctx)

@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from affssl import hostmem, runs
 from affssl.cli.console import Command, Group, err, friendly, out
-from affssl.cli.options import CkptArg, JsonOpt, SetOpt, resolve_spec
+from affssl.cli.options import CkptArg, JsonOpt, SetOpt, checkpoint_file, resolve_spec
 from affssl.errors import UserError
 from affssl.spec import build_spec
 
@@ -75,9 +75,9 @@ def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_
     if init == "random":  # the floor: RUN/floor or floors/<spec hash>/last.safetensors (affssl.floor)
         from affssl import floor
 
-        source = str(ckpt)
+        source = str(ckpt / runs.SPEC if (ckpt / runs.SPEC).is_file() else ckpt)  # a run folder: its spec.json
         if Path(source).name == runs.SPEC and Path(source).is_file():
-            spec = build_spec(json.loads(Path(source).read_text()), list(set_ or []))
+            spec = build_spec(json.loads(Path(source).read_text()), list(set_ or []), source)
         else:
             spec = resolve_spec(source, None, list(set_ or []))
         ckpt = floor.write_floor(spec, floor.default_folder(source, spec))
@@ -85,9 +85,21 @@ def _probe(protocol: str, ckpt: Path, as_json: bool, init: str = "trained", set_
         raise UserError(f"--init {init!r}: choose trained or random")
     elif set_:
         raise UserError("--set applies to --init random only; a checkpoint carries its own spec")
+    else:
+        ckpt = checkpoint_file(ckpt)
     record = evaluate(ckpt, progress=err.is_terminal, **options)
     runenv.say(threads_line)
+    runenv.say(skipped_note(record))
     _show(record, as_json)
+
+
+def skipped_note(record: dict) -> str | None:
+    """The note when the probe's data set had unreadable images, left out within data.max_bad_frac."""
+    skipped = record["dataset"].get("skipped") or []
+    if not skipped:
+        return None
+    more = " …" if len(skipped) > 5 else ""
+    return f"skipped {len(skipped)} unreadable image(s) of {record['dataset']['name']}: {', '.join(skipped[:5])}{more}"
 
 
 @app.command("linear", cls=Command)
@@ -174,9 +186,11 @@ def eval_embed(
 
     hostmem.imports_done()
     threads_line = _threads(threads)
-    record = evaluate_embed(ckpt, dataset=dataset, out=out_path, method=method, points=points, seed=seed,
-                            device=device, batch_size=batch_size, cache=cache, progress=err.is_terminal)  # fmt: skip
+    record = evaluate_embed(checkpoint_file(ckpt), dataset=dataset, out=out_path, method=method, points=points,
+                            seed=seed, device=device, batch_size=batch_size, cache=cache,
+                            progress=err.is_terminal)  # fmt: skip
     runenv.say(threads_line)
+    runenv.say(skipped_note(record))
     if json_:
         typer.echo(json.dumps(record))
         return

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from affssl import hostmem
 from affssl.cli.console import friendly, out
-from affssl.cli.options import CkptArg, JsonOpt
+from affssl.cli.options import CkptArg, JsonOpt, checkpoint_file
 
 
 @friendly
@@ -33,7 +33,7 @@ def export_backbone(
     from affssl.export import export
 
     hostmem.imports_done()
-    summary = export(ckpt, out_path, fmt)
+    summary = export(checkpoint_file(ckpt), out_path, fmt)
     if json_:
         typer.echo(json.dumps(summary))
         return

@@ -15,7 +15,9 @@ from affssl.spec.methods import unknown_base
 SpecArg = Annotated[
     str | None, typer.Argument(help="TOML spec file or preset (default, paper, cifar10-cpu).", show_default=False)
 ]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any field: --set optim.lr=0.001")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override any field: --set optim.lr=0.001")
+]
 BaseOpt = Annotated[str | None, typer.Option("--base", help=f"Base SSL method: {' | '.join(METHOD_SPECS)}.")]
 AffineOpt = Annotated[bool | None, typer.Option("--affine/--no-affine", help="Add the affine module (default on).")]
 ComponentsOpt = Annotated[str | None, typer.Option(help=f"Comma list of affine components ({', '.join(COMPONENTS)}).")]
@@ -31,7 +33,9 @@ LimitOpt = Annotated[int | None, typer.Option(help="Train on N images (stratifie
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for weights, data order, views and affine parameters.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda.")]
 # Commands that read a checkpoint (eval, export) rebuild the backbone from the file's header (no --arch).
-CkptArg = Annotated[Path, typer.Argument(help="RUN/last.safetensors, or an `affssl export` file.", show_default=False)]
+CkptArg = Annotated[
+    Path, typer.Argument(help="RUN/last.safetensors (or RUN), or an `affssl export` file.", show_default=False)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")]
 
 
@@ -59,4 +63,15 @@ def resolve_spec(source: str | None, base: str | None, overrides: list[str]) -> 
             raise UserError(unknown_base(base))
         if tree.get("method", {}).get("name", "simclr") != base:
             tree["method"] = {"name": base}  # the file's method options belong to another method
-    return build_spec(tree, overrides)
+    return build_spec(tree, overrides, source)
+
+
+def checkpoint_file(path: Path) -> Path:
+    """A CKPT argument as a file: a run folder stands for its RUN/last.safetensors."""
+    if not path.is_dir():
+        return path
+    last = path / "last.safetensors"
+    if not last.is_file():
+        raise UserError(f"{path} is a folder without last.safetensors; pass a run folder whose training wrote one, "
+                        "RUN/epoch-NNNN.safetensors, or an `affssl export` file")  # fmt: skip
+    return last

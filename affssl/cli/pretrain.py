@@ -67,9 +67,13 @@ def pretrain(
         Path | None,
         typer.Option(metavar="PNG", help="Draw the first batch's views and warps into PNG and exit (no training)."),
     ] = None,
+    threads: Annotated[
+        str | None,
+        typer.Option(metavar="auto|N", help="torch's CPU threads (train.threads); 1 beside other work on 2 cores."),
+    ] = None,
 ) -> None:
     """Pretrain an encoder; writes RUN/spec.json, RUN/metrics.jsonl and RUN/last.safetensors."""
-    from affssl import distributed
+    from affssl import distributed, runenv
     from affssl.data import storage
     from affssl.engine import pretrain as run_pretrain
     from affssl.engine import resolve_device
@@ -77,12 +81,14 @@ def pretrain(
     hostmem.imports_done()
 
     explicit = flag_overrides(None, affine, components, dataset, backbone, epochs, batch_size, limit, seed, device)
+    explicit += [] if threads is None else [f"train.threads={json.dumps(runenv.threads_option(threads))}"]
     explicit += list(set_ or [])
     if resume:  # the run's own spec; flags may only repeat it or change RESUMABLE fields
         if out_dir is None:
             raise UserError("--resume needs --out RUN, the folder of the run to continue")
         runs.prepare(out_dir, resume=True, overwrite=False)
         spec = resume_spec(out_dir, spec_file, base, explicit)
+        check_trained(out_dir, spec)
     else:
         spec = resolve_spec(spec_file, base, explicit)
     if print_spec:  # `affssl pretrain --print-spec > s.toml && affssl pretrain s.toml` trains the same run
@@ -98,7 +104,10 @@ def pretrain(
     runs.check(run, resume=resume, overwrite=overwrite)
     spec, data = storage.settle(spec, resolve_device(spec.train.device), progress and distributed.is_main())
     cpus.mark_window()  # after a long decode the busy sample starts here (affssl.cpus)
-    with runlock.hold(run) if distributed.is_main() else contextlib.nullcontext() as stale:
+    main = distributed.is_main()
+    with runs.UndoOnFailure(run, overwrite, on=main and not resume) as undo, \
+            runlock.hold(run) if main else contextlib.nullcontext() as stale:  # fmt: skip
+        undo.arm()  # the folder is this command's now: a failure before its first checkpoint removes what it made
         if stale:
             err.print(f"note: took over the lock of a run that ended without releasing it ({escape(stale)})")
         if distributed.is_main() and resume:
@@ -111,13 +120,34 @@ def pretrain(
     if distributed.is_main():
         summary = [r for r in runs.read_metrics(run) if r.get("kind") == "epoch"][-1]
         epochs = f"{spec.train.epochs} epoch{'s' * (spec.train.epochs != 1)}"
+        scores = next((r for r in reversed(runs.read_metrics(run)) if "monitor_knn_top1" in r), None)
+        watched = f", monitor {monitor_line(scores)}" if scores else ""
         out.print(
             f"[green]done[/] in {time.perf_counter() - t0:.0f} s — {spec.method.name}"
             f"{' + affine' if spec.affine.enabled else ''}, {epochs}, final loss "
-            f"{summary['loss']:.4f}, {summary['img_per_s']:.0f} img/s\ncheckpoint: {last}",
+            f"{summary['loss']:.4f}, {summary['img_per_s']:.0f} img/s{watched}\ncheckpoint: {last}",
             highlight=False,
         )
     distributed.teardown()
+
+
+def monitor_line(record: dict) -> str:
+    """The online monitor's scores of an epoch record: 'kNN 93.6 %, R² 0.61 (epoch 8)'."""
+    from affssl.monitor import describe
+
+    return f"{describe(record).replace('  ', ', ')} (epoch {record['epoch']})"
+
+
+def check_trained(run: Path, spec: RunSpec) -> None:
+    """Refuse --epochs below what the run's checkpoint has trained: it would rewrite spec.json and train nothing."""
+    from affssl import checkpoint
+
+    header = checkpoint.read_header(run / runs.LAST)
+    done = int(header.get("epoch", "0")) + (int(header.get("epoch_step", "0")) > 0)  # inside an epoch: that one too
+    if spec.train.epochs < done:
+        raise UserError(f"--resume cannot train {run} to {spec.train.epochs} epochs: its checkpoint "
+                        f"({run / runs.LAST}) is at epoch {done}; pass --epochs {done} or more, or start a new run "
+                        "with another --out")  # fmt: skip
 
 
 def _preview(spec: RunSpec, path: Path, progress: bool) -> None:

@@ -64,14 +64,19 @@ def read_cache(path: Path, size: int) -> Loaded | None:
     except (OSError, KeyError, TypeError, ValueError):
         return None
     splits = [Split(t[f"images_{p}"], t.get(f"labels_{p}")) if f"images_{p}" in t else None for p in ("train", "test")]
+    try:
+        skipped = tuple((str(p), str(why)) for p, why in json.loads(meta.get("skipped", "[]")))
+    except (TypeError, ValueError):
+        return None
     for s in filter(None, splits):  # a foreign or hand-edited file counts as corrupt
         labels_ok = s.labels is None or (s.labels.dtype == torch.int64 and s.labels.shape == s.images.shape[:1])
         if s.images.dtype != torch.uint8 or s.images.shape[1:] != (3, size, size) or not labels_ok:
             return None
-    return (splits[0], splits[1], classes) if splits[0] is not None else None
+    return (splits[0], splits[1], classes, skipped) if splits[0] is not None else None
 
 
-def write_cache(path: Path, train: Split, test: Split | None, classes: tuple[str, ...]) -> None:
+def write_cache(path: Path, train: Split, test: Split | None, classes: tuple[str, ...],
+                skipped: tuple[tuple[str, str], ...] = ()) -> None:  # fmt: skip
     """Write the cache atomically; a failure (full disk, read-only folder) only warns: training goes on."""
     tensors: dict[str, Tensor] = {}
     for part, split in (("train", train), ("test", test)):
@@ -79,6 +84,7 @@ def write_cache(path: Path, train: Split, test: Split | None, classes: tuple[str
             if t is not None:
                 tensors[f"{kind}_{part}"] = t
     try:
-        write_atomic(path, tensors, {"classes": json.dumps(list(classes)), "format": str(FORMAT_VERSION)})
+        meta = {"classes": json.dumps(list(classes)), "format": str(FORMAT_VERSION), "skipped": json.dumps(skipped)}
+        write_atomic(path, tensors, meta)
     except (OSError, SafetensorError) as err:
         warnings.warn(f"decode cache {path} not written ({err}); set data.root to a writable folder", stacklevel=3)

@@ -35,7 +35,8 @@ from torchcodec.decoders import decode_jpeg
 from torchcodec.encoders import JpegEncoder
 from torchvision.transforms.v2 import functional as TF
 
-from affssl.data.dataset import DataError
+from affssl.data import dataset
+from affssl.data.dataset import SHOW_BAD, DataError
 from affssl.data.decode import JPEG_SIGNATURE, Entry, decode_bytes, without_exif
 from affssl.errors import UserError
 
@@ -43,7 +44,6 @@ CHUNKS_FORMAT = 1  # bump when the stored items change, so old chunks are not re
 META = "affssl.json"
 CHUNK_BYTES = 64 << 20  # litdata's recommended chunk size for streaming
 ENCODE_BATCH = 64  # files per loader item while writing
-SHOW_BAD = 5  # bad paths named in messages and spec.json
 EXTRA = 'data.storage = "chunks" needs litdata: pip install "affssl[scale]"'
 
 
@@ -119,15 +119,7 @@ def write(plan: Plan, workers: int, progress: bool) -> None:
 
 
 def check_bad(bad: list[tuple[str, str]], total: int, max_bad_frac: float, folder: Path) -> None:
-    if len(bad) > max_bad_frac * total:
-        raise DataError(f"{len(bad)} of {total} images ({len(bad) / total:.2%}) could not be read, more than "
-                        f"data.max_bad_frac {max_bad_frac:g}: {describe(bad)}; remove or replace them, or raise "
-                        f"data.max_bad_frac; no chunks were kept in {folder.parent}")  # fmt: skip
-
-
-def describe(bad: list[tuple[str, str]]) -> str:
-    listed = "; ".join(f"{p} ({why})" for p, why in bad[:SHOW_BAD])
-    return listed + (" …" if len(bad) > SHOW_BAD else "")
+    dataset.check_bad(bad, total, max_bad_frac, after=f"; no chunks were kept in {folder.parent}")
 
 
 def _as_list(batch: list) -> list:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from affssl.data import imagenet
 from affssl.data.batches import stratified
-from affssl.data.dataset import DataError, Loaded, Split
+from affssl.data.dataset import DataError, Loaded, Split, check_bad
 from affssl.data.decode import decode_files, square
 from affssl.data.folders import LAYOUTS, Files, files_in, has_class_folders, identity, scan_folder
 from affssl.spec import DataSpec
@@ -36,6 +36,21 @@ TORCHVISION: dict[str, str] = {  # --dataset name → torchvision.datasets class
     "mnist": "MNIST",
     "fashion-mnist": "FashionMNIST",
 }
+# What torchvision reads in ROOT/<name>/ without downloading (its integrity check), for the offline message.
+MNIST_RAW = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+OFFLINE_FILES: dict[str, str] = {
+    "cifar10": "cifar-10-batches-py/ with data_batch_1 … data_batch_5 and test_batch (extract "
+               "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there)",
+    "cifar100": "cifar-100-python/ with train and test (extract "
+                "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz there)",
+    "stl10": "stl10_binary/ with train_X.bin, train_y.bin, unlabeled_X.bin, test_X.bin and test_y.bin (extract "
+             "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz there)",
+    "svhn": "train_32x32.mat and test_32x32.mat (from http://ufldl.stanford.edu/housenumbers/)",
+    "mnist": f"MNIST/raw/ with {MNIST_RAW} (the .gz files of https://ossci-datasets.s3.amazonaws.com/mnist/, "
+             "decompressed)",
+    "fashion-mnist": f"FashionMNIST/raw/ with {MNIST_RAW} (the .gz files of "
+                     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/, decompressed)",
+}  # fmt: skip
 CALTECH101_URL = "https://data.caltech.edu/records/mzrjq-6wc02"
 CALTECH101_SKIP = ("BACKGROUND_Google",)
 
@@ -66,7 +81,7 @@ def plan(spec: DataSpec, root: Path, progress: bool) -> tuple[str, Callable[[], 
     ids = [identity(folder, files) for files, _ in splits.values()]
     if (csv := imagenet.val_solution(folder)) is not None:  # it labels a flat val/: an edit must change the key
         ids.append([(csv.name, (st := csv.stat()).st_size, st.st_mtime_ns)])
-    return str(folder), partial(list, ids), partial(_decode_folder, splits, classes, folder, size, progress)
+    return str(folder), partial(list, ids), partial(_decode_folder, splits, classes, folder, size, progress, spec)
 
 
 def labelled(dataset: str) -> bool:
@@ -100,7 +115,7 @@ def _digits(size: int) -> Loaded:
     is_train = torch.ones(len(labels), dtype=torch.bool)
     is_train[test_idx] = False
     train, test = Split(images[is_train], labels[is_train]), Split(images[test_idx], labels[test_idx])
-    return train, test, tuple(str(d) for d in range(10))
+    return train, test, tuple(str(d) for d in range(10)), ()
 
 
 def _torchvision(name: str, root: Path, size: int) -> Loaded:
@@ -111,9 +126,10 @@ def _torchvision(name: str, root: Path, size: int) -> Loaded:
         try:
             ds = cls(str(root), download=False, **kwargs)
         except (RuntimeError, OSError):
+            put = f"put {root}/{OFFLINE_FILES[name]}"
             if os.environ.get("AFFSSL_OFFLINE") == "1":
                 raise DataError(
-                    f"data set {name!r} is not in {root} and downloads are off (AFFSSL_OFFLINE=1); put it there, "
+                    f"data set {name!r} is not in {root} and downloads are off (AFFSSL_OFFLINE=1); {put}, "
                     f"or pass `--dataset PATH` with an image folder laid out as {LAYOUTS}"
                 ) from None
             try:
@@ -121,13 +137,13 @@ def _torchvision(name: str, root: Path, size: int) -> Loaded:
             except (RuntimeError, OSError) as err:
                 raise DataError(
                     f"data set {name!r} could not be downloaded into {root} ({err}); connect to the internet and "
-                    f"retry, or pass `--dataset PATH` with an image folder laid out as {LAYOUTS}"
+                    f"retry, {put}, or pass `--dataset PATH` with an image folder laid out as {LAYOUTS}"
                 ) from err
         targets = getattr(ds, "targets", None)
         labels = torch.as_tensor(np.asarray(ds.labels if targets is None else targets)).long()  # (N,)
         splits.append(Split(_to_images(ds.data, size), labels))
         classes = tuple(getattr(ds, "classes", None) or (str(c) for c in range(int(labels.max()) + 1)))
-    return splits[0], splits[1], classes
+    return splits[0], splits[1], classes, ()
 
 
 def caltech101_folder(root: Path) -> Path:
@@ -148,17 +164,18 @@ def caltech101_folder(root: Path) -> Path:
                     f"there (from {CALTECH101_URL}) or pass --dataset PATH")  # fmt: skip
 
 
-def _decode_folder(splits: Files, classes: tuple[str, ...], folder: Path, size: int, progress: bool) -> Loaded:
+def _decode_folder(splits: Files, classes: tuple[str, ...], folder: Path, size: int, progress: bool,
+                   spec: DataSpec) -> Loaded:  # fmt: skip
+    """Every split decoded; unreadable images are left out (and listed) while within data.max_bad_frac of all."""
     total, failures, out = sum(len(files) for files, _ in splits.values()), [], {}
     with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task(f"decoding {folder}", total=total)
         for part, (files, labels) in splits.items():
+            found = len(failures)
             images = decode_files(files, size, failures, partial(bar.advance, task))
-            out[part] = Split(images, None if labels is None else torch.tensor(labels, dtype=torch.int64))
-    if failures:
-        listed = "; ".join(f"{f} ({why})" for f, why in failures[:5])
-        raise DataError(
-            f"{len(failures)} image file(s) in {folder} could not be decoded: {listed}"
-            f"{' …' if len(failures) > 5 else ''}; remove or replace them"
-        )
-    return out["train"], out.get("test"), classes
+            bad = {path for path, _ in failures[found:]}
+            keep = torch.tensor([path not in bad for path, _, _ in files], dtype=torch.bool)  # (n,)
+            labelled = None if labels is None else torch.tensor(labels, dtype=torch.int64)[keep]
+            out[part] = Split(images if keep.all() else images[keep], labelled)
+    check_bad(failures, total, spec.max_bad_frac, spec.bad_first, where=f" in {folder}")  # before anything is cached
+    return out["train"], out.get("test"), classes, tuple(failures)

@@ -28,7 +28,7 @@ from affssl import distributed
 from affssl.data import chunkwrite, imagenet
 from affssl.data.batches import stratified
 from affssl.data.cache import cache_dir
-from affssl.data.dataset import Dataset
+from affssl.data.dataset import SHOW_BAD, Dataset, skipped_line
 from affssl.data.folders import identity, scan_folder
 from affssl.data.load import load_dataset
 from affssl.data.sources import CALTECH101_SKIP, TORCHVISION, caltech101_folder
@@ -56,9 +56,11 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
     storage, reason = resolve(spec.data, device, data)
     choice = f"data.storage {spec.data.storage} → {storage}: {reason}" if reason and distributed.is_main() else ""
     if storage == "tensor":
+        said = data is not None  # settle loaded it and said what it skipped
         data = data or load_dataset(spec.data, seed=spec.train.seed, progress=progress)
         _say(choice)  # once the data loaded: an error stays the run's one line
-        return _with(spec, storage=storage), TensorFeed(data, device)
+        _say("" if said or not distributed.is_main() else skipped_note(spec, data))
+        return _with(spec, storage=storage, **recorded(data)), TensorFeed(data, device)
     from affssl.data.chunkread import ChunkFeed, default_workers, open_chunks
 
     chunks = open_chunks(written(spec.data, progress))
@@ -90,7 +92,20 @@ def settle(spec: RunSpec, device: torch.device, progress: bool) -> tuple[RunSpec
         written(spec.data, progress)  # bad images found here stop the run before its folder exists
     if reason and distributed.is_main():
         _say(f"data.storage {spec.data.storage} → {storage}: {reason}")
-    return _with(spec, storage=storage), data
+    if data is not None and distributed.is_main():
+        _say(skipped_note(spec, data))
+    return _with(spec, storage=storage, **({} if data is None else recorded(data))), data
+
+
+def recorded(data: Dataset) -> dict[str, object]:
+    """The data fields a run records about the unreadable images the tensor storage left out (none: unchanged)."""
+    if not data.skipped:
+        return {}
+    return {"bad_count": len(data.skipped), "bad_first": tuple(p for p, _ in data.skipped[:SHOW_BAD])}
+
+
+def skipped_note(spec: RunSpec, data: Dataset) -> str:
+    return skipped_line(data.skipped, spec.data.dataset, spec.data.max_bad_frac) if data.skipped else ""
 
 
 def filled_in(key: str, planned: object) -> bool:

@@ -130,6 +130,7 @@ class Session:
                 "classes": len(data.classes),
                 "test_carved": data.test_carved,
                 "limit": self.limit,
+                "skipped": [path for path, _ in data.skipped],  # unreadable images left out (data.max_bad_frac)
             },
             "seeds": seeds,
             "result": result,

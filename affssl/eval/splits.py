@@ -29,6 +29,7 @@ class EvalData:
     test: Split
     classes: tuple[str, ...]
     test_carved: bool  # True when the test split was carved from train (no test split on disk)
+    skipped: tuple[tuple[str, str], ...] = ()  # unreadable images left out, (path, why) (data.max_bad_frac)
 
 
 def holdout(labels: Tensor | None, n: int, frac: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -54,8 +55,11 @@ def dataset_spec(source: Source, dataset: str | None) -> DataSpec:
             raise UserError(f"{source.path} does not say which data set it was trained on; pass --dataset NAME|PATH")
         dataset = own.dataset
     root = own.root if own is not None else None
-    classes = own.classes_file if own is not None and dataset == own.dataset else None  # the classes it trained on
-    return DataSpec(dataset=dataset, image_size_px=source.image_size_px, root=root, limit=None, classes_file=classes)
+    if own is None or dataset != own.dataset:
+        return DataSpec(dataset=dataset, image_size_px=source.image_size_px, root=root, limit=None)
+    # its own data set as it trained on it: the same classes, the same limit on unreadable images and those it skipped
+    return DataSpec(dataset=dataset, image_size_px=source.image_size_px, root=root, limit=None,
+                    classes_file=own.classes_file, max_bad_frac=own.max_bad_frac, bad_first=own.bad_first)  # fmt: skip
 
 
 def load_eval_data(
@@ -92,4 +96,5 @@ def load_eval_data(
             f"data set {spec.dataset!r} has {len(train.images)} train and {len(test.images)} test "
             "images after splitting; a probe needs more"
         )
-    return EvalData(spec.dataset, slug(spec.dataset), source.image_size_px, train, test, data.classes, carved)
+    return EvalData(spec.dataset, slug(spec.dataset), source.image_size_px, train, test, data.classes, carved,
+                    data.skipped)  # fmt: skip

@@ -9,6 +9,7 @@ Nothing below the CLI handles a raw dict: the CLI turns a TOML file plus overrid
 from __future__ import annotations
 
 import tomllib
+from difflib import get_close_matches
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,26 @@ def read_toml(source: str | Path) -> dict[str, Any]:
         raise SpecError(f"{where} is not valid TOML ({err}); fix the syntax") from None
 
 
-def build_spec(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
+def build_spec(tree: dict[str, Any], overrides: list[str] = (), source: str | Path | None = None) -> RunSpec:
+    """A spec tree (read from `source`, a TOML file or preset, when given) plus dotted overrides → a RunSpec.
+
+    An error the file makes by itself (with no override) names the file.
+    """
+    try:
+        return _build(tree, overrides)
+    except SpecError as err:
+        if source is None or str(source) in PRESETS:  # a preset's own errors are affssl's, not the user's file
+            raise
+        if overrides:
+            try:
+                _build(tree, [])
+            except SpecError as own:
+                raise SpecError(f"{source}: {own}") from None
+            raise
+        raise SpecError(f"{source}: {err}") from None
+
+
+def _build(tree: dict[str, Any], overrides: list[str] = ()) -> RunSpec:
     """A spec tree plus dotted overrides → a validated RunSpec.
 
     A tree may hold per-base settings, `[bases.<method>]` tables of the same sections (a protocol's
@@ -183,7 +203,31 @@ def _drop_file_backbone_options(tree: dict[str, Any], file_backbone: dict[str, A
 
 
 def load_spec(source: str | Path | None = None, overrides: list[str] = ()) -> RunSpec:
-    return build_spec(read_toml(source) if source is not None else {}, list(overrides))
+    return build_spec(read_toml(source) if source is not None else {}, list(overrides), source)
+
+
+def field_paths(method: str | None = None) -> list[str]:
+    """Every dotted field of a RunSpec ('optim.lr'); the method section's of `method`, else of every base."""
+    paths = []
+    for section, info in RunSpec.model_fields.items():
+        models = [METHOD_SPECS[method]] if method in METHOD_SPECS else list(METHOD_SPECS.values())
+        names = dict.fromkeys(n for m in (models if section == "method" else [info.annotation]) for n in m.model_fields)
+        paths += [f"{section}.{name}" for name in names]
+    return paths
+
+
+def did_you_mean(key: str, method: str | None = None) -> str:
+    """'; did you mean optim.lr?' for an unknown dotted key: the same name in another section, else a close spelling."""
+    section, _, leaf = key.rpartition(".")
+    if not section:  # an unknown section
+        close = get_close_matches(key, list(RunSpec.model_fields), n=1, cutoff=0.6)
+        return f"; did you mean {close[0]}?" if close else ""
+    paths = field_paths(method)
+    leaves = {p.rpartition(".")[2]: p for p in paths if p.startswith(f"{section}.")}
+    close = [p for p in paths if p.rpartition(".")[2] == leaf]  # the right name in another section
+    close = close or [leaves[n] for n in get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]  # a misspelling
+    close = close or get_close_matches(key, paths, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def describe(err: ValidationError) -> str:
@@ -193,7 +237,8 @@ def describe(err: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(tuple(METHOD_SPECS)))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key; check the spelling (see `affssl pretrain --print-spec`)"
+            method = next((str(p) for p in e["loc"] if str(p) in METHOD_SPECS), None)
+            msg = f"unknown key{did_you_mean(loc, method)} (every field: `affssl pretrain --print-spec`)"
         lines.append(f"{loc}: {msg}" if loc else msg.removeprefix("Value error, "))  # a whole-spec rule says its fields
     return "invalid spec: " + "; ".join(lines)
 

@@ -54,13 +54,15 @@ class DataSpec(_Spec):
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="chunks: quality of the images re-encoded when stored")
     max_bad_frac: float = Field(
-        0.001, ge=0, le=1, description="chunks: unreadable images are skipped; more than this share stops the run"
+        0.001, ge=0, le=1, description="unreadable images are skipped; more than this share stops the command"
     )
     workers: int | None = Field(
         None, ge=0, description="chunks: loader processes per training process; None → the CPUs shared, 1 to 8"
     )
-    bad_count: int | None = Field(None, ge=0, description="set by the run: images skipped as unreadable (chunks)")
-    bad_first: tuple[str, ...] = Field((), description="set by the run: the first of those images")
+    bad_count: int | None = Field(None, ge=0, description="set by the run: images skipped as unreadable")
+    bad_first: tuple[str, ...] = Field(
+        (), description="set by the run: the first of those images (eval skips them too, not counting them)"
+    )
 
 
 class AugmentSpec(_Spec):
