@@ -1,6 +1,6 @@
 """The training loop: data (on the device, or read from chunks) → batched views on the device → step → log.
 
-Randomness is explicit and derived, per epoch, from (seed, purpose, epoch[, rank]): the data
+Randomness is explicit and derived, per epoch, from (seed, purpose, epoch[, rank]) (affssl.streams): the data
 order, the views and the affine parameters each have their own generator. Resuming from the
 checkpoint of epoch e therefore replays epochs e+1… exactly, with no generator state to carry.
 A checkpoint written inside an epoch (a stop signal, train.checkpoint_every_steps) also holds
@@ -16,7 +16,6 @@ stop. No checkpoint that holds inf or NaN is ever written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -32,9 +31,8 @@ from affssl.errors import UserError
 from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
 from affssl.spec import RunSpec
+from affssl.streams import generator
 from affssl.watch import Watch
-
-PURPOSES = {"order": 0, "views": 1, "affine": 2}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,12 +43,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and distributed.world_size() > 1:
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
-
-
-def generator(seed: int, purpose: str, epoch: int, device: torch.device, rank: int = 0) -> torch.Generator:
-    """A generator for one purpose and epoch, seeded from a hash so streams never overlap."""
-    key = hashlib.sha256(f"{seed}/{purpose}/{epoch}/{rank}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(key[:8], "little") >> 1)
 
 
 class Position(NamedTuple):

@@ -41,7 +41,8 @@ class Preview(NamedTuple):
 
 def first_batch(spec: RunSpec, data: Dataset, n: int = IMAGES) -> Preview:
     """The engine's first step, up to the warp, for the first n images of its batch."""
-    from affssl.engine import generator, resolve_device
+    from affssl.engine import resolve_device
+    from affssl.streams import generator
 
     device = resolve_device(spec.train.device)
     images = data.train.images  # (N, C, S, S) uint8

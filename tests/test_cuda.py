@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 from affssl import affine, augment, precision, runs
 from affssl.affine_block import AffineEstimation
 from affssl.backbones import build_backbone
-from affssl.engine import generator, pretrain
+from affssl.engine import pretrain
 from affssl.optim import build_optimizer
 from affssl.spec import AffineSpec, AugmentSpec, BackboneSpec, OptimSpec, load_spec
+from affssl.streams import generator
 
 pytestmark = [
     pytest.mark.cuda,

@@ -71,7 +71,7 @@ def test_no_warped_column_without_the_module_and_a_column_per_further_view(tmp_p
     assert names == ["stored", "view 1", "view 2", "view 1 warped (φ)", "local crop 1", "local crop 2"]
     assert shown.local[0].shape == (2, 3, 8, 8)
     # the local crops are the learner's: drawn after both global views from the same generator
-    from affssl.engine import generator
+    from affssl.streams import generator
 
     cpu = torch.device("cpu")
     index = next(
