@@ -32,6 +32,7 @@ from affssl.spec.methods import (
     SimCLRSpec,
     unknown_base,
 )
+from affssl.spec.objectives import DEFAULT_OBJECTIVE_WEIGHT, AugSelfSpec, CareSpec, RotationSpec
 from affssl.spec.sections import PRESETS, AffineSpec, AugmentSpec, DataSpec, OptimSpec, TrainSpec
 from affssl.spec.tree import (
     BASES_KEY,
@@ -49,6 +50,9 @@ class RunSpec(_Spec):
     data: DataSpec = DataSpec()
     augment: AugmentSpec = AugmentSpec()
     affine: AffineSpec = AffineSpec()
+    augself: AugSelfSpec = AugSelfSpec()
+    rotation: RotationSpec = RotationSpec()
+    care: CareSpec = CareSpec()
     backbone: BackboneSpec = BackboneSpec()
     method: MethodSpec = SimCLRSpec()
     optim: OptimSpec = OptimSpec()
@@ -61,6 +65,10 @@ class RunSpec(_Spec):
         if self.affine.weight is None:
             w = DEFAULT_AFFINE_WEIGHT[self.method.name]
             updates["affine"] = self.affine.model_copy(update={"weight": w})
+        for name, table in DEFAULT_OBJECTIVE_WEIGHT.items():  # the other objectives' λ, per base as affine's
+            section = getattr(self, name)
+            if section.weight is None:
+                updates[name] = section.model_copy(update={"weight": table[self.method.name]})
         if self.augment.local_crops and self.method.name not in MULTICROP_BASES:
             raise ValueError(
                 f"augment.local_crops = {self.augment.local_crops}, but {self.method.name} has no pairing of "
