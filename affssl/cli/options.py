@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from affssl.errors import UserError
-from affssl.spec import COMPONENTS, METHOD_SPECS, RunSpec, build_spec, read_toml
+from affssl.spec import AUX, COMPONENTS, METHOD_SPECS, RunSpec, build_spec, read_toml
 from affssl.spec.methods import unknown_base
 
 SpecArg = Annotated[
@@ -18,6 +18,9 @@ SpecArg = Annotated[
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any field: --set optim.lr=0.001")]
 BaseOpt = Annotated[str | None, typer.Option("--base", help=f"Base SSL method: {' | '.join(METHOD_SPECS)}.")]
 AffineOpt = Annotated[bool | None, typer.Option("--affine/--no-affine", help="Add the affine module (default on).")]
+AuxOpt = Annotated[str | None, typer.Option("--aux", metavar="LIST", help=f"Comma list of auxiliary objectives to "
+                                          f"train, the others off: {', '.join(AUX)}, or none (--affine/--no-affine "
+                                          "then still decides the affine module).")]  # fmt: skip
 ComponentsOpt = Annotated[str | None, typer.Option(help=f"Comma list of affine components ({', '.join(COMPONENTS)}).")]
 DatasetOpt = Annotated[str | None, typer.Option(help="digits | cifar10 | cifar100 | stl10 | svhn | mnist | "
                                                      "fashion-mnist | caltech101 | PATH to an image folder (Tiny "
@@ -36,9 +39,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 
 
 def flag_overrides(base=None, affine=None, components=None, dataset=None, backbone=None, epochs=None,
-                   batch_size=None, limit=None, seed=None, device=None) -> list[str]:  # fmt: skip
-    """The shortcut flags as dotted overrides, applied before --set."""
-    pairs = {
+                   batch_size=None, limit=None, seed=None, device=None, aux=None) -> list[str]:  # fmt: skip
+    """The shortcut flags as dotted overrides, applied before --set (--aux before --affine/--no-affine)."""
+    pairs = {f"{name}.enabled": name in aux_names(aux) for name in AUX} if aux is not None else {}
+    pairs |= {
         "affine.enabled": affine,
         "affine.components": [c.strip() for c in components.split(",") if c.strip()] if components else None,
         "data.dataset": dataset,
@@ -50,6 +54,19 @@ def flag_overrides(base=None, affine=None, components=None, dataset=None, backbo
         "train.device": device,
     }
     return [f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
+
+
+def aux_names(aux: str) -> list[str]:
+    """--aux's comma list → objective names ("none": no objective); a name that is none is a one-line error."""
+    names = [n.strip() for n in aux.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in AUX]
+    if unknown or not names:
+        what = f"{', '.join(map(repr, unknown))} {'is not an objective' if len(unknown) == 1 else 'are not objectives'}"
+        raise UserError(f"--aux {aux!r}: {what if unknown else 'names no objective'}; choose from "
+                        f"{', '.join(AUX)} (comma-separated), or none")  # fmt: skip
+    return names
 
 
 def resolve_spec(source: str | None, base: str | None, overrides: list[str]) -> RunSpec:
