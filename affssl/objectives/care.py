@@ -46,8 +46,8 @@ def care_loss(z1: Tensor, z2: Tensor, chunks: int) -> Tensor:
     same = chunk[:, None] == chunk[None, :]  # (B, B)
     same.fill_diagonal_(False)
     row_sq = (diff * same).square().sum(1)  # (B,) ‖D_i‖² within row i's chunk
-    size = torch.zeros(k, device=z1.device).index_add_(0, chunk, torch.ones_like(row_sq))  # (K,) rows per chunk
-    per_chunk = torch.zeros(k, device=z1.device).index_add_(0, chunk, row_sq) / size  # (K,) mean over rows
+    size = row_sq.new_zeros(k).index_add_(0, chunk, torch.ones_like(row_sq))  # (K,) rows per chunk
+    per_chunk = row_sq.new_zeros(k).index_add_(0, chunk, row_sq) / size  # (K,) mean over its rows
     return 2 * per_chunk.mean()
 
 
