@@ -41,8 +41,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 def flag_overrides(base=None, affine=None, components=None, dataset=None, backbone=None, epochs=None,
                    batch_size=None, limit=None, seed=None, device=None, aux=None) -> list[str]:  # fmt: skip
     """The shortcut flags as dotted overrides, applied before --set (--aux before --affine/--no-affine)."""
-    pairs = {f"{name}.enabled": name in aux_names(aux) for name in AUX} if aux is not None else {}
-    pairs |= {
+    flags = {
         "affine.enabled": affine,
         "affine.components": [c.strip() for c in components.split(",") if c.strip()] if components else None,
         "data.dataset": dataset,
@@ -53,11 +52,14 @@ def flag_overrides(base=None, affine=None, components=None, dataset=None, backbo
         "train.seed": seed,
         "train.device": device,
     }
-    return [f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
+    on = aux_names(aux) if aux is not None else None
+    pairs = {f"{name}.enabled": name in on for name in AUX} if on is not None else {}
+    pairs |= {k: v for k, v in flags.items() if v is not None}  # so --affine/--no-affine come after --aux
+    return [f"{k}={json.dumps(v)}" for k, v in pairs.items()]
 
 
 def aux_names(aux: str) -> list[str]:
-    """--aux's comma list → objective names ("none": no objective); a name that is none is a one-line error."""
+    """--aux's comma list → objective names ("none": no objective); a name that is not one is a one-line error."""
     names = [n.strip() for n in aux.split(",") if n.strip()]
     if names == ["none"]:
         return []
