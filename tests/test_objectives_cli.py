@@ -11,9 +11,11 @@ from conftest import assert_same_tensors
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from affssl import faults, runs
+from affssl import checkpoint, faults, runs
 from affssl.cli import app
 from affssl.engine import pretrain
+from affssl.eval.features import open_source
+from affssl.eval.session import load_learner
 from affssl.spec import AUX, load_spec
 
 runner = CliRunner()
@@ -69,6 +71,8 @@ def test_pretrain_with_every_objective_checkpoints_each_and_exports_the_same_bac
     assert any(k.startswith("model.head.") for k in tensors)
     epoch = [r for r in runs.read_metrics(all_on) if r.get("kind") == "epoch"][-1]
     assert all(f"loss_{name}" in epoch for name in AUX)
+    learner = load_learner(open_source(all_on / runs.LAST))  # eval rebuilds the whole model from the header
+    assert set(learner.objectives) == {"augself", "rotation", "care"} and learner.head is not None
     exported = {}
     for run_dir in (all_on, base):
         result = run("export", run_dir / runs.LAST, "--out", run_dir / "bb.safetensors")
@@ -100,3 +104,23 @@ def test_a_run_with_the_new_objectives_stopped_inside_an_epoch_resumes_bit_ident
     assert {"position.views", "position.affine", "position.rotation", "position.care"} <= held.keys()
     pretrain(spec, stopped, resume=True, show_progress=False)
     assert_same_tensors(reference / runs.LAST, stopped / runs.LAST)
+
+
+def test_a_checkpoint_from_before_the_objectives_loads_as_it_did(make_checkpoint, tmp_path):
+    """A header spec with no augself/rotation/care sections (written before them): the same model, keys head.*."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path = make_checkpoint(("backbone.width=4", "data.image_size_px=16"), name="before")
+    tensors, header = load_file(path), checkpoint.read_header(path)
+    spec = json.loads(header["spec"])
+    for name in ("augself", "rotation", "care"):
+        del spec[name]
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, old, metadata={**header, "spec": json.dumps(spec)})
+    learner = load_learner(open_source(old))
+    assert not learner.objectives and learner.head is not None
+    assert {k.split(".")[0] for k in learner.state_dict()} == {"backbone", "method", "head"}
+    assert all(learner.state_dict()[k.removeprefix("model.")].equal(v) for k, v in tensors.items()
+               if k.startswith("model."))  # fmt: skip
