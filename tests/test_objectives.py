@@ -299,3 +299,19 @@ def test_each_objective_is_a_named_loss_part_and_leaves_the_base_views_alone():
     names = {n for g in everything.optim_groups() for n, p in everything.named_parameters() if any(
         p is q for q in g["params"])}  # fmt: skip
     assert any(n.startswith("objectives.rotation.") for n in names)  # optimised
+
+
+def test_every_objective_trains_on_whole_images_of_several_sizes():
+    """The chunks storage: views, small views and shared draws cropped from each zero-padded whole image."""
+    from affssl.data import crops
+
+    images = [torch.randint(0, 256, (3, h, w), generator=_gen(h), dtype=torch.uint8) for h, w in
+              [(20, 28), (24, 16), (16, 16), (30, 22)] * 2]  # fmt: skip
+    x, sizes = crops.pad(images)  # (8, 3, 30, 28), (8, 2)
+    torch.manual_seed(0)
+    learner = Learner(load_spec("default", [*TINY, *(f"{n}.enabled=true" for n in AUX), "care.chunks=2"]))
+    loss, parts = learner(x, _gen(1), {n: _gen(i) for i, n in enumerate(("affine", "rotation", "care"))}, sizes)
+    assert set(parts) == {"loss", "loss_ssl", *(f"loss_{n}" for n in AUX)}
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in parts.values())
+    loss.backward()
+    assert all(p.grad is not None for p in learner.objectives.parameters())
