@@ -42,10 +42,12 @@ class Learner(nn.Module):
         self.backbone = build_backbone(spec.backbone, spec.data.image_size_px)
         feat_dim = self.backbone.feat_dim
         self.method = build_method(spec.method, self.backbone, feat_dim)
-        build = lambda name: OBJECTIVES[name].build(getattr(spec, name), feat_dim, spec.method.proj_out)  # noqa: E731
-        self.head: AffineEstimation | None = build("affine") if spec.affine.enabled else None
+        dims = (feat_dim, spec.method.proj_out)  # what an objective may read: encoder or projector outputs
+        on = {name for name in AUX if getattr(spec, name).enabled}
+        self.head: AffineEstimation | None = OBJECTIVES["affine"].build(spec.affine, *dims) if "affine" in on else None
         # built after the affine head, so the weights of runs without them start where they always did
-        self.objectives = nn.ModuleDict({name: build(name) for name in AUX[1:] if getattr(spec, name).enabled})
+        others = [name for name in AUX[1:] if name in on]
+        self.objectives = nn.ModuleDict({name: OBJECTIVES[name].build(getattr(spec, name), *dims) for name in others})
 
     def aux(self) -> list[tuple[str, nn.Module]]:
         """The objectives that are on, (name, block) in AUX's order: affine, augself, rotation, care."""
