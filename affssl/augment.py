@@ -132,7 +132,8 @@ def crop_view_params(x: Tensor, spec: AugmentSpec, gen: torch.Generator, copies:
     # Draw everything first, whatever the spec, so switching one op off leaves the others' randomness unchanged.
     if sizes is None:
         boxes = pick(crop_boxes(m, H, W, scale, spec.crop_ratio, gen))  # (n, 4) px
-        source_px = torch.tensor([H, W], device=x.device).expand(n, 2)  # (n, 2)
+        source_px = boxes.new_empty(n, 2)  # (n, 2), filled on the device (no host copy)
+        source_px[:, 0], source_px[:, 1] = H, W
     else:
         source_px = sizes.repeat(copies, 1)  # (n, 2)
         draws = crops.Draws(*map(pick, crops.draw(m, scale, spec.crop_ratio, gen)))

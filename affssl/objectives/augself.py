@@ -55,9 +55,11 @@ def crop_state(p: ViewParams) -> Tensor:
 
 def colour_state(p: ViewParams, spec: AugmentSpec) -> Tensor:
     """(n, 4) (factor − 1)/strength for brightness, contrast, saturation and hue/strength; 0 where not applied."""
-    strength = torch.tensor([spec.brightness, spec.contrast, spec.saturation, spec.hue], device=p.jitter.device)
-    centred = p.jitter_factors - torch.tensor([1.0, 1.0, 1.0, 0.0], device=p.jitter.device)  # (n, 4)
-    scaled = torch.where(strength > 0, centred / strength.clamp(min=1e-12), 0.0)  # a zero strength never moves
+    strength = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
+    centre = (1.0, 1.0, 1.0, 0.0)  # the factors' identity: ×1 for the blends, a zero hue shift
+    f = p.jitter_factors  # (n, 4)
+    cols = [(f[:, k] - centre[k]) / s if s > 0 else torch.zeros_like(f[:, k]) for k, s in enumerate(strength)]
+    scaled = torch.stack(cols, 1)  # (n, 4); a zero strength never moves its factor
     return torch.where(p.jitter[:, None], scaled, 0.0)
 
 
