@@ -5,8 +5,10 @@ step (epoch 0, rank 0): the data order from the "order" generator, both views fr
 `augment.views` with the "views" generator, φ from `affine.sample` with the "affine" generator,
 and the warp of view 1 from `affine.warp`. Views and φ are drawn for the whole batch, as in
 training (each image's draws depend on the batch), and the first few images are shown: the
-stored image, view 1, view 2, view 1 warped with its φ written under it, and any further views
-`augment.local_views` draws after them, as training does (local crops, when multi-crop is on).
+stored image, view 1, view 2, view 1 warped with its φ written under it, any further views
+`augment.local_views` draws after them, as training does (local crops, when multi-crop is on),
+and the views the other objectives encode, each from its own stream as the learner draws them:
+E-SSL's small third view (rotation) and CARE's two views whose draw is shared by a chunk.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from torch import Tensor
 from affssl import affine, atomic, augment
 from affssl.data import Dataset, batches, load_dataset
 from affssl.errors import UserError
-from affssl.spec import RunSpec
+from affssl.objectives.care import shared_views
+from affssl.objectives.rotation import small_views
+from affssl.spec import AUX, RunSpec
 
 IMAGES = 8  # rows of the grid
 PANEL_IN = 1.5  # width and image height of one panel, inches
@@ -37,6 +41,7 @@ class Preview(NamedTuple):
     warped: Tensor | None  # (n, C, S, S) view 1 warped by phi; None with the module off
     phi: Tensor | None  # (n, 6) angle_deg, tx_px, ty_px, scale, shear_x_deg, shear_y_deg
     local: tuple[Tensor, ...]  # the local crops (multi-crop), each (n, C, s, s)
+    objectives: tuple[tuple[str, Tensor], ...] = ()  # (title, (n, C, s, s)) the other objectives' views
 
 
 def first_batch(spec: RunSpec, data: Dataset, n: int = IMAGES) -> Preview:
@@ -64,7 +69,15 @@ def first_batch(spec: RunSpec, data: Dataset, n: int = IMAGES) -> Preview:
         phi = affine.sample(v1.shape[0], spec.affine, v1.shape[-1], g_affine)  # (B, 6)
         warped = affine.warp(v1, phi, spec.affine)  # (B, C, S, S)
     first = lambda t: None if t is None else t[:n].float().cpu()  # noqa: E731
-    return Preview(first(x).div(255), first(v1), first(v2), first(warped), first(phi), tuple(map(first, local)))
+    size_px, others = v1.shape[-1], []
+    if spec.rotation.enabled:
+        g_rotation = generator(spec.train.seed, "rotation", 0, device)
+        others.append(("rotation: small view", small_views(x, spec.rotation, spec.augment, g_rotation, size_px)))
+    if spec.care.enabled:
+        c1, c2 = shared_views(x, spec.augment, spec.care.chunks, generator(spec.train.seed, "care", 0, device), size_px)
+        others += [("CARE view 1", c1), ("CARE view 2", c2)]
+    return Preview(first(x).div(255), first(v1), first(v2), first(warped), first(phi), tuple(map(first, local)),
+                   tuple((title, first(t)) for title, t in others))  # fmt: skip
 
 
 def phi_text(phi: Tensor) -> str:
@@ -79,7 +92,7 @@ def columns(preview: Preview) -> list[tuple[str, Tensor]]:
     if preview.warped is not None:
         cols.append(("view 1 warped (φ)", preview.warped))
     cols += [(f"local crop {i + 1}", t) for i, t in enumerate(preview.local)]
-    return cols
+    return cols + list(preview.objectives)
 
 
 def figure_size_px(preview: Preview) -> tuple[int, int]:
@@ -122,7 +135,8 @@ def write_preview(spec: RunSpec, path: Path, n: int = IMAGES, progress: bool = F
         raise UserError(f"--preview {path} must name a .png file")
     data = load_dataset(spec.data, seed=spec.train.seed, progress=progress)
     preview = first_batch(spec, data, n)
-    module = "module on" if spec.affine.enabled else "module off"
+    on = [name for name in AUX if getattr(spec, name).enabled]
+    module = ("module on" if spec.affine.enabled else "module off") + "".join(f" + {n}" for n in on if n != "affine")
     draw(preview, path, f"{spec.data.dataset}, {spec.data.image_size_px} px: first batch of seed {spec.train.seed} "
                         f"(batch {spec.train.batch_size}, {module})")  # fmt: skip
     return preview
