@@ -137,6 +137,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     with watch, progress, faults.StopSignals() as stop:
         if not resume:
             watch.record({"kind": "params", **counts, "head_overhead_frac": counts["head"] / counts["total"]})
+        # what decides the bits besides the spec (threads, CPU ISA, torch), at each start or resume
+        watch.record({"kind": "host", "step": resume_step or 0, **runenv.fingerprint()})
         task = progress.add_task("pretrain", total=total_steps, completed=start_epoch * steps_per_epoch + done,
                                  status="")  # fmt: skip
         for epoch in range(start_epoch, spec.train.epochs):

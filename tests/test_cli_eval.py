@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from affssl import cpus
+from affssl import cpus, runenv
 from affssl.cli import app
 
 runner = CliRunner()
@@ -157,6 +157,7 @@ def test_eval_threads_auto_is_this_machines_not_the_checkpoints(make_checkpoint,
     record = json.loads(result.stdout)
     assert record["spec"]["train"]["threads"] == 3 and record["options"]["threads"] == 1
     assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["cpu_isa"] == runenv.cpu_isa()  # the bits' key beside options.threads and torch_version
     notes = [line for line in result.stderr.splitlines() if line.startswith("note: threads:")]
     assert len(notes) == 1 and notes[0].startswith("note: threads: 1 ("), result.stderr  # printed once
     given = runner.invoke(app, ["eval", "embed", str(ckpt), "--points", "20", "--method", "tsne", "--device", "cpu",

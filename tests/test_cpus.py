@@ -124,15 +124,17 @@ def test_busy_cpus_leave_out_this_processs_own_time_and_start_at_an_old_enough_m
 
 
 def test_own_cpu_time_is_read_from_proc_and_taken_out_of_the_busy_figure():
-    start = cpus.mark()
+    """Own time from the real /proc/self/stat; the CPUs' jiffies injected, so load elsewhere changes nothing."""
+    start = cpus.mark(read=lambda: {0: (0, 0), 1: (0, 0)})
     t = time.process_time()
-    while time.process_time() - t < 0.6:  # this process keeps one CPU busy
+    while time.process_time() - t < 0.6:  # this process keeps one CPU busy for 0.6 s of its own CPU time
         pass
-    end = cpus.mark()
-    assert end.own - start.own >= 50  # 0.6 s at 100 jiffies a second, less rounding
-    mask = cpus.affinity()
-    everything = cpus.busy_between(mask, start, cpus.Mark(end.at_s, end.cpu, start.own))  # as if it were other work
-    assert everything - cpus.busy_between(mask, start, end) >= 0.7
+    end = cpus.mark(read=lambda: {0: (300, 300), 1: (300, 300)})  # both CPUs fully busy over 3 s
+    own = end.own - start.own
+    assert own >= 50  # 0.6 s at 100 jiffies a second, less rounding: counted however busy the machine is
+    mask = {0, 1}
+    assert cpus.busy_between(mask, start, cpus.Mark(end.at_s, end.cpu, start.own)) == 2.0  # as if it were other work
+    assert cpus.busy_between(mask, start, end) == pytest.approx(2.0 - own / 300)  # own time taken out
 
 
 def test_busy_line_only_on_cpu_when_the_run_would_oversubscribe(monkeypatch):
@@ -158,7 +160,10 @@ def test_resolved_threads_and_host_are_stored_and_resume_states_a_change(tmp_pat
         header = f.metadata()
     assert json.loads(header["spec"])["train"]["threads"] == 1 and header["threads"] == "1"
     assert header["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert header["cpu_isa"] == runenv.cpu_isa() and header["cpu_isa"].split()[1].startswith(header["cpu_capability"])
     assert header["torch_version"] == torch.__version__
+    host = [r for r in runs.read_metrics(run) if r.get("kind") == "host"]
+    assert host == [{"kind": "host", "step": 0, **runenv.fingerprint()}]
     capfd.readouterr()
     pretrain(load_spec("default", [*TINY, "train.threads=1", "train.epochs=2"]), run, resume=True,
              show_progress=False)  # fmt: skip
@@ -168,6 +173,42 @@ def test_resolved_threads_and_host_are_stored_and_resume_states_a_change(tmp_pat
     lines = [line for line in capfd.readouterr().err.splitlines() if "bit-identical" in line]
     assert lines == ["note: resuming with threads 1 → 2: the run continues, but its tensors are no longer "
                      "bit-identical to an uninterrupted run"]  # fmt: skip
+
+
+def test_cpu_isa_names_the_vendor_the_capability_and_the_extensions_torch_detects(tmp_path, monkeypatch):
+    runenv.cpu_isa.cache_clear()
+    runenv.cpu_model.cache_clear()
+    info = write(
+        tmp_path / "cpuinfo",
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel Xeon\n"
+        "flags\t\t: fpu avx512f amx_bf16\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n",
+    )
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    for name, on in {"_is_avx512_bf16_supported": True, "_is_amx_tile_supported": True,
+                     "_is_amx_fp16_supported": False, "_is_vnni_supported": True}.items():  # fmt: skip
+        monkeypatch.setattr(torch.cpu, name, lambda on=on: on, raising=False)
+    assert runenv.cpu_isa(info) == "GenuineIntel AVX512+amx_tile+avx512_bf16+vnni"
+    assert runenv.cpu_model(info) == "Intel Xeon"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert (
+        runenv.cpu_isa(write(tmp_path / "amd", "vendor_id : AuthenticAMD\n")) == "AuthenticAMD AVX512+avx512_bf16+vnni"
+    )
+    monkeypatch.delattr(torch.cpu, "_is_vnni_supported")  # an older torch without the check: not claimed
+    assert runenv.cpu_isa(write(tmp_path / "old", "vendor_id : AuthenticAMD\n")) == "AuthenticAMD AVX512+avx512_bf16"
+
+
+def test_resume_on_another_cpu_isa_says_so_in_one_line(monkeypatch):
+    now = runenv.fingerprint()
+    assert runenv.resume_line(now) is None
+    other = now | {"cpu_isa": "GenuineIntel AVX512+amx_tile+avx512_bf16+vnni", "cpu_capability": "AVX512"}
+    if other["cpu_isa"] == now["cpu_isa"]:
+        other["cpu_isa"] = "AuthenticAMD AVX512+avx512_bf16+vnni"
+    assert runenv.resume_line(other) == (f"resuming with CPU {other['cpu_isa']} → {now['cpu_isa']}: the run "
+                                         "continues, but its tensors are no longer bit-identical to an "
+                                         "uninterrupted run")  # fmt: skip
+    older = {k: v for k, v in now.items() if k != "cpu_isa"}  # a checkpoint from before cpu_isa: its capability
+    assert runenv.resume_line(older) is None
+    assert "CPU AVX2 → " in runenv.resume_line(older | {"cpu_capability": "AVX2"})
 
 
 def test_auto_is_resolved_before_the_spec_is_written(tmp_path, monkeypatch):

@@ -1,5 +1,7 @@
 """Where the CLI prints, and how a person's mistake ends: one line on stderr and exit code 2.
 
+Only typer's API is used: typer ≥ 0.29 vendors click (`typer._click`) and no longer installs it.
+
 `--debug` (or AFFSSL_DEBUG=1) shows the traceback instead; the app's callback sets `debug`.
 """
 
@@ -7,8 +9,8 @@ from __future__ import annotations
 
 import os
 from functools import wraps
+from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -37,7 +39,7 @@ def friendly(command):
     return wrapper
 
 
-def _flags_without_type(command: click.Command, ctx: click.Context) -> None:
+def _flags_without_type(command: TyperCommand | TyperGroup, ctx: typer.Context) -> None:
     """Blank the type column of flags: typer ≥ 0.29 shows `<bool>` for them, as if they took a value."""
     for param in command.get_params(ctx):
         if getattr(param, "is_flag", False) and param.metavar is None:
@@ -47,7 +49,7 @@ def _flags_without_type(command: click.Command, ctx: click.Context) -> None:
 class Command(TyperCommand):
     """A command whose --help shows flags as flags (no `<bool>`)."""
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:  # formatter: click's HelpFormatter
         _flags_without_type(self, ctx)
         super().format_help(ctx, formatter)
 
@@ -55,6 +57,6 @@ class Command(TyperCommand):
 class Group(TyperGroup):
     """A command group whose --help shows flags as flags (no `<bool>`)."""
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:  # formatter: click's HelpFormatter
         _flags_without_type(self, ctx)
         super().format_help(ctx, formatter)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from affssl import atomic
+from affssl import atomic, runenv
 from affssl.checkpoint import CheckpointError
 from affssl.eval.features import (
     Source,
@@ -145,7 +145,9 @@ class Session:
             "spec": json.loads(src.spec.model_dump_json()) if src.spec is not None else None,
             "affssl_version": __version__,
             "torch_version": torch.__version__,
+            "cpu_isa": runenv.cpu_isa(),  # with options.threads and torch_version: what decides the bits
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_model": runenv.cpu_model(),
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         record["path"] = str(_write_json(src.eval_dir / f"{protocol}-{data.tag}.json", record))
