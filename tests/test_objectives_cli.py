@@ -29,6 +29,16 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def test_rotation_small_views_must_tile_a_vits_patches():
+    result = run("pretrain", "--backbone", "vit_tiny", "--set", "data.image_size_px=20", "--aux", "rotation",
+                 "--print-spec")  # fmt: skip
+    assert result.exit_code == 2 and "rotation's small views are 10 px" in result.output, result.output
+    assert "set rotation.size_frac" in result.output
+    ok = run("pretrain", "--backbone", "vit_tiny", "--set", "data.image_size_px=20", "--aux", "rotation", "--set",
+             "rotation.size_frac=0.4", "--print-spec")  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+
+
 def test_a_bad_aux_name_is_one_line_naming_the_valid_ones():
     result = run("pretrain", "--aux", "affine,augsef", "--print-spec")
     assert result.exit_code == 2 and "Traceback" not in result.output

@@ -88,7 +88,7 @@ def small_views(x: Tensor, spec: RotationSpec, augment_spec: AugmentSpec, gen: t
                 sizes: Tensor | None = None) -> Tensor:  # fmt: skip
     """x (B, C, H, W) uint8 → the small views (B, C, s, s) float32, s = round(size_frac · size_px): the base views'
     crop, flip, jitter and grayscale at crop_scale, no blur or solarize (E-SSL's CIFAR pipeline)."""
-    side = max(1, round(spec.size_frac * size_px))
+    side = spec.side_px(size_px)
     xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]
     return augment.crop_view(xf, augment_spec, gen, 1, (side, side), spec.crop_scale, 0.0, 0.0, sizes)
 

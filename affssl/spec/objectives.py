@@ -47,6 +47,10 @@ class RotationSpec(_Spec):
             raise ValueError(f"needs 0 < low <= high <= 1, got {list(v)}")
         return v
 
+    def side_px(self, image_size_px: int) -> int:
+        """The small view's side at this training size: round(size_frac · size), at least 1 px."""
+        return max(1, round(self.size_frac * image_size_px))
+
 
 class CareSpec(_Spec):
     """CARE (Gupta et al. 2023): two extra views in which one augmentation draw is shared by every image of a

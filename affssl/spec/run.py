@@ -87,6 +87,12 @@ class RunSpec(_Spec):
         if self.augment.local_crops:  # the local views' side, after the patch it must fit
             backbone = updates.get("backbone", self.backbone)
             updates["augment"] = local_size(self.augment, self.data.image_size_px, backbone)
+        patch = vit_patch_px(updates.get("backbone", self.backbone))
+        side = self.rotation.side_px(self.data.image_size_px)
+        if self.rotation.enabled and patch is not None and side % patch:  # E-SSL's small views must tile too
+            raise ValueError(f"rotation's small views are {side} px, not a whole number of {self.backbone.name}'s "
+                             f"{patch} px patches; set rotation.size_frac so that size_frac × data.image_size_px is "
+                             f"a multiple of {patch}")  # fmt: skip
         for key, value in updates.items():
             object.__setattr__(self, key, value)
         return self
