@@ -66,6 +66,7 @@ class CARE(nn.Module):
         return f"chunks={self.spec.chunks}"
 
 
+@fp32  # the views as augment.views makes them: autocast off
 def shared_views(x: Tensor, augment_spec: AugmentSpec, chunks: int, gen: torch.Generator, size_px: int,
                  sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
     """x (B, C, H, W) uint8 → two views (B, C, S, S) float32 by the base views' pipeline, each with one draw per

@@ -84,6 +84,7 @@ class RotationPrediction(nn.Module):
         return rotation_loss(self.predict(encoder(turned)).float(), labels)
 
 
+@fp32  # the views as augment.views makes them: autocast off
 def small_views(x: Tensor, spec: RotationSpec, augment_spec: AugmentSpec, gen: torch.Generator, size_px: int,
                 sizes: Tensor | None = None) -> Tensor:  # fmt: skip
     """x (B, C, H, W) uint8 → the small views (B, C, s, s) float32, s = round(size_frac · size_px): the base views'
