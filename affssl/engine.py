@@ -216,10 +216,12 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
 
 
 def crop_sizes(spec: RunSpec) -> list[int]:
-    """Every square size the encoder sees in this run (the convolution guard probes each): the global views'
-    and, with multi-crop, the local views'."""
+    """Every square size the encoder sees in this run (the convolution guard probes each): the global views',
+    with multi-crop the local views', with rotation prediction E-SSL's small views' (CARE's and the affine warp's
+    are the global size)."""
     local = [spec.augment.local_size_px] if spec.augment.local_crops else []
-    return [spec.data.image_size_px, *local]
+    small = [spec.rotation.side_px(spec.data.image_size_px)] if spec.rotation.enabled else []
+    return list(dict.fromkeys([spec.data.image_size_px, *local, *small]))  # each size once, in that order
 
 
 def agree(guard: faults.DivergenceGuard, stop: faults.StopSignals, lr: float) -> int:
