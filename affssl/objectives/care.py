@@ -8,7 +8,8 @@ every inner product, so the chunk's Gram matrices of the two views' L2-normalise
     loss_chunk = 2 · mean_i ‖D_i‖²  (mean over the chunk's rows),  loss = mean over chunks
 
 No head, no parameters. B images split into `chunks` chunks of ⌊B/K⌋ or ⌈B/K⌉ images (consecutive rows), K =
-min(chunks, B). The shared draws come from the run's "care" stream (affssl.streams).
+min(chunks, B). The shared draws come from the run's "care" stream (affssl.streams). With several processes
+each chunks its own rows of the batch (no gather: a chunk's images share their draw within one process).
 
     care = CARE()
     loss = loss_ssl + λ * care(z1, z2)     # z: projector outputs of two views drawn per chunk (shared_views)
