@@ -9,6 +9,9 @@ _LAZY = {
     "CARE": "affssl.objectives.care",
     "RotationPrediction": "affssl.objectives.rotation",
     "AffineSpec": "affssl.spec",
+    "AugSelfSpec": "affssl.spec",
+    "CareSpec": "affssl.spec",
+    "RotationSpec": "affssl.spec",
     "load_backbone": "affssl.eval.features",
 }
 
@@ -26,7 +29,10 @@ __all__ = [
     "AffineEstimation",
     "AffineSpec",
     "AugSelf",
+    "AugSelfSpec",
+    "CareSpec",
     "RotationPrediction",
+    "RotationSpec",
     "__version__",
     "load_backbone",
 ]  # see __getattr__
