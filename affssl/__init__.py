@@ -5,7 +5,13 @@ __version__ = "0.1.0"
 # Public names imported on first use, so `import affssl` (and the CLI's start) skips torch.
 _LAZY = {
     "AffineEstimation": "affssl.affine_block",
+    "AugSelf": "affssl.objectives.augself",
+    "CARE": "affssl.objectives.care",
+    "RotationPrediction": "affssl.objectives.rotation",
     "AffineSpec": "affssl.spec",
+    "AugSelfSpec": "affssl.spec",
+    "CareSpec": "affssl.spec",
+    "RotationSpec": "affssl.spec",
     "load_backbone": "affssl.eval.features",
 }
 
@@ -18,4 +24,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'affssl' has no attribute {name!r}")
 
 
-__all__ = ["AffineEstimation", "AffineSpec", "__version__", "load_backbone"]  # see __getattr__
+__all__ = [
+    "CARE",
+    "AffineEstimation",
+    "AffineSpec",
+    "AugSelf",
+    "AugSelfSpec",
+    "CareSpec",
+    "RotationPrediction",
+    "RotationSpec",
+    "__version__",
+    "load_backbone",
+]  # see __getattr__

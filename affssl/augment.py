@@ -6,6 +6,10 @@ per view. No mean/std normalisation; views are float32 in [0, 1]. Local views (a
 SwAV/DINO multi-crop) take the same pipeline at local_size_px with their own crop scale, blur and solarize
 probabilities, all of them in one batched pass, drawn after the global views from the same generator.
 
+`views_with_params` also returns what made each view (`ViewParams`: crop box, flip, jitter factors, order and
+whether applied, grayscale, blur, solarize) from the very draws its pixels came from, for the objectives that
+regress them (AugSelf); `views` returns the pixels alone, from the same draws, so asking changes nothing.
+
 Read top to bottom: `views` and `view` (the pipeline), then the parameter samplers, then the ops. Each op takes
 per-sample parameter tensors and matches `torchvision.transforms.v2.functional` applied image by image on float
 images (tests/test_augment.py checks each one against it). Randomness comes only from the generator passed in,
@@ -15,6 +19,7 @@ which lives on the data's device; there is no per-sample Python loop and no host
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +34,31 @@ CROP_ATTEMPTS = 10  # RandomResizedCrop's tries before its centre-crop fallback
 SOLARIZE_THRESHOLD = 0.5
 
 
+@dataclass(frozen=True)
+class ViewParams:
+    """What made each view (rows as the views'): the parameters drawn for it and whether each op was applied.
+
+    The crop box is in the source image's pixels: the stored square (tensor storage) or each whole image
+    (chunks storage); `box_frac` gives it as fractions of that image, the form AugSelf regresses.
+    """
+
+    box_px: Tensor  # (n, 4) int64 top, left, height, width in the source image, px
+    source_px: Tensor  # (n, 2) int64 the source image's (height, width) px
+    flip: Tensor  # (n,) bool mirrored left-right (after the crop)
+    jitter: Tensor  # (n,) bool colour jitter applied
+    jitter_factors: Tensor  # (n, 4) brightness, contrast, saturation factors and hue shift (turns), drawn always
+    jitter_order: Tensor  # (n, 4) int64 the order of the four ops (0 brightness … 3 hue)
+    grayscale: Tensor  # (n,) bool
+    blur: Tensor  # (n,) bool Gaussian blur applied
+    blur_sigma_px: Tensor  # (n,) the blur's σ, px, drawn always
+    solarize: Tensor  # (n,) bool
+
+    @property
+    def box_frac(self) -> Tensor:
+        """(n, 4) top, left, height, width as fractions of the source image's height and width."""
+        return self.box_px / self.source_px.repeat(1, 2)  # (n, 4) float32
+
+
 @fp32
 def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator, sizes: Tensor | None = None,
           size_px: int | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
@@ -39,6 +69,15 @@ def views(x: Tensor, spec: AugmentSpec, gen: torch.Generator, sizes: Tensor | No
     """
     xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]
     return view(xf, spec, gen, 0, sizes, size_px), view(xf, spec, gen, 1, sizes, size_px)
+
+
+@fp32
+def views_with_params(x: Tensor, spec: AugmentSpec, gen: torch.Generator, sizes: Tensor | None = None,
+                      size_px: int | None = None) -> tuple[Tensor, Tensor, ViewParams, ViewParams]:  # fmt: skip
+    """`views` and each view's parameters: the same pixels from the same draws (v1, v2, params1, params2)."""
+    xf = x.float().div_(255)  # (B, C, H, W) in [0, 1]
+    (v1, p1), (v2, p2) = (view_params(xf, spec, gen, i, sizes, size_px) for i in (0, 1))
+    return v1, v2, p1, p2
 
 
 @fp32
@@ -58,8 +97,14 @@ def local_views(x: Tensor, spec: AugmentSpec, gen: torch.Generator, sizes: Tenso
 def view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, index: int, sizes: Tensor | None = None,
          size_px: int | None = None) -> Tensor:  # fmt: skip
     """One view; x float32 in [0, 1] (B, C, H, W); index 0 or 1 selects blur_p[index] and solarize_p[index]."""
+    return view_params(x, spec, gen, index, sizes, size_px)[0]
+
+
+def view_params(x: Tensor, spec: AugmentSpec, gen: torch.Generator, index: int, sizes: Tensor | None = None,
+                size_px: int | None = None) -> tuple[Tensor, ViewParams]:  # fmt: skip
+    """`view` and its parameters."""
     size = (x.shape[2], x.shape[3]) if sizes is None else (size_px, size_px)
-    return crop_view(x, spec, gen, 1, size, spec.crop_scale, spec.blur_p[index], spec.solarize_p[index], sizes)
+    return crop_view_params(x, spec, gen, 1, size, spec.crop_scale, spec.blur_p[index], spec.solarize_p[index], sizes)
 
 
 def crop_view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, copies: int, size: tuple[int, int],
@@ -70,31 +115,49 @@ def crop_view(x: Tensor, spec: AugmentSpec, gen: torch.Generator, copies: int, s
     sizes None: x holds square stored images, boxes drawn in (H, W); else (B, 2) each zero-padded image's own
     (height, width), boxes drawn in it with the same random numbers (affssl.data.crops).
     """
+    return crop_view_params(x, spec, gen, copies, size, scale, blur_p, solarize_p, sizes)[0]
+
+
+def crop_view_params(x: Tensor, spec: AugmentSpec, gen: torch.Generator, copies: int, size: tuple[int, int],
+                     scale: Range, blur_p: float, solarize_p: float, sizes: Tensor | None = None,
+                     shared: tuple[int, Tensor] | None = None) -> tuple[Tensor, ViewParams]:  # fmt: skip
+    """`crop_view` and the views' parameters (free: they are the draws the pixels were made from).
+
+    shared (k, rows): draw k parameter sets only and give view r the set rows[r], (copies·B,) int64 (CARE: one
+    draw for every image of a chunk); each box is then made from its set's random numbers in its own image.
+    """
     B, _, H, W = x.shape
     n = copies * B
+    m, pick = (n, lambda t: t) if shared is None else (shared[0], lambda t: t[shared[1]])
     # Draw everything first, whatever the spec, so switching one op off leaves the others' randomness unchanged.
     if sizes is None:
-        boxes = crop_boxes(n, H, W, scale, spec.crop_ratio, gen)  # (n, 4) px
+        boxes = pick(crop_boxes(m, H, W, scale, spec.crop_ratio, gen))  # (n, 4) px
+        source_px = boxes.new_empty(n, 2)  # (n, 2), filled on the device (no host copy)
+        source_px[:, 0], source_px[:, 1] = H, W
     else:
-        boxes = crops.crop_boxes(sizes.repeat(copies, 1), scale, spec.crop_ratio, gen)  # (n, 4) px
-    flip = _coin(n, spec.flip_p, gen)  # (n,) bool
-    jitter = jitter_params(n, spec, gen)  # apply (n,), factors (n, 4), order (n, 4)
-    grey = _coin(n, spec.grayscale_p, gen)  # (n,) bool
-    sigma_px = _uniform(n, spec.blur_sigma, gen)  # (n,)
-    blur = _coin(n, blur_p, gen)  # (n,) bool
-    solar = _coin(n, solarize_p, gen)  # (n,) bool
+        source_px = sizes.repeat(copies, 1)  # (n, 2)
+        draws = crops.Draws(*map(pick, crops.draw(m, scale, spec.crop_ratio, gen)))
+        boxes = crops.boxes_from(draws, source_px[:, 0], source_px[:, 1], spec.crop_ratio)  # (n, 4) px
+    flip = pick(_coin(m, spec.flip_p, gen))  # (n,) bool
+    jitter = tuple(map(pick, jitter_params(m, spec, gen)))  # apply (n,), factors (n, 4), order (n, 4)
+    grey = pick(_coin(m, spec.grayscale_p, gen))  # (n,) bool
+    sigma_px = pick(_uniform(m, spec.blur_sigma, gen))  # (n,)
+    blur = pick(_coin(m, blur_p, gen))  # (n,) bool
+    solar = pick(_coin(m, solarize_p, gen))  # (n,) bool
     kernel_px = blur_kernel_px(size[0], spec.blur_kernel_frac)
+    blurs = kernel_px >= 3 and blur_p > 0
 
     x = resized_crop_flip(x, boxes, flip, size)  # (n, C, H_out, W_out)
     if spec.jitter_p > 0:
         x = color_jitter(x, *jitter)
     if spec.grayscale_p > 0:
         x = torch.where(grey[:, None, None, None], grayscale(x), x)
-    if kernel_px >= 3 and blur_p > 0:
+    if blurs:
         x = torch.where(blur[:, None, None, None], gaussian_blur(x, sigma_px, kernel_px), x)
     if solarize_p > 0:
         x = torch.where(solar[:, None, None, None], solarize(x, SOLARIZE_THRESHOLD), x)
-    return x
+    params = ViewParams(boxes, source_px, flip, jitter[0], jitter[1], jitter[2], grey, blur & blurs, sigma_px, solar)
+    return x, params
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from affssl import runs
 NAME = "curves.png"
 SIZE_IN = (12.0, 6.5)
 DPI = 100
-LOSS_TERMS = ("loss", "loss_ssl", "loss_affine")
+LOSS_TERMS = ("loss", "loss_ssl", "loss_affine", "loss_augself", "loss_rotation", "loss_care")  # those a run logs
 
 
 def series(records: list[dict[str, Any]], kind: str, field: str, x: str = "step") -> tuple[list, list]:
@@ -39,7 +39,8 @@ def draw(run: Path) -> Path:
     margins = {"left": 0.06, "right": 0.98, "bottom": 0.08, "top": 0.9, "wspace": 0.28, "hspace": 0.42}
     ax = fig.subplots(2, 3, gridspec_kw=margins).ravel()  # fixed margins: no layout pass, one draw
     for term in LOSS_TERMS:
-        ax[0].plot(*series(records, "step", term), label=term)
+        if term in ("loss", "loss_ssl", "loss_affine") or any(term in r for r in records):  # objectives that ran
+            ax[0].plot(*series(records, "step", term), label=term)
     _finish(ax[0], "loss (epoch running mean)", "step", legend=True)
     ax[1].plot(*series(records, "step", "lr"))
     _finish(ax[1], "learning rate", "step")

@@ -1,13 +1,14 @@
 """The training loop: data (on the device, or read from chunks) → batched views on the device → step → log.
 
-Randomness is explicit and derived, per epoch, from (seed, purpose, epoch[, rank]): the data
-order, the views and the affine parameters each have their own generator. Resuming from the
-checkpoint of epoch e therefore replays epochs e+1… exactly, with no generator state to carry.
-A checkpoint written inside an epoch (a stop signal, train.checkpoint_every_steps) also holds
-its position: the batches done, every process's view and affine generator states and running
-metric sums. The epoch's permutation is drawn whole at its start, so resuming re-draws it and
-skips the batches done; the run then ends bit-identical to one never stopped (on CPU). Both
-storages (affssl.data.storage) take their batches from that permutation.
+Randomness is explicit and derived, per epoch, from (seed, purpose, epoch[, rank]) (affssl.streams):
+the data order, the views and each auxiliary objective (affine φ, E-SSL's small views, CARE's
+shared draws) have their own generator. Resuming from the checkpoint of epoch e therefore replays
+epochs e+1… exactly, with no generator state to carry. A checkpoint written inside an epoch (a
+stop signal, train.checkpoint_every_steps) also holds its position: the batches done, every
+process's view and objective generator states and running metric sums. The epoch's permutation
+is drawn whole at its start, so resuming re-draws it and skips the batches done; the run then
+ends bit-identical to one never stopped (on CPU). Both storages (affssl.data.storage) take their
+batches from that permutation.
 
 Faults (affssl.faults): a loss that is not finite or above train.max_loss stops the run before
 the optimizer steps on it; SIGTERM/SIGINT/SIGUSR1 finish the step, write a step checkpoint and
@@ -16,7 +17,6 @@ stop. No checkpoint that holds inf or NaN is ever written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -32,9 +32,8 @@ from affssl.errors import UserError
 from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
 from affssl.spec import RunSpec
+from affssl.streams import OBJECTIVE_STREAMS, generator, objective_generators
 from affssl.watch import Watch
-
-PURPOSES = {"order": 0, "views": 1, "affine": 2}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,18 +46,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def generator(seed: int, purpose: str, epoch: int, device: torch.device, rank: int = 0) -> torch.Generator:
-    """A generator for one purpose and epoch, seeded from a hash so streams never overlap."""
-    key = hashlib.sha256(f"{seed}/{purpose}/{epoch}/{rank}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(key[:8], "little") >> 1)
-
-
 class Position(NamedTuple):
     """Where a checkpoint written inside an epoch stopped, for this process."""
 
     done: int  # batches of the epoch already trained
     views: Tensor  # (n,) uint8 state of the views generator
-    affine: Tensor  # (n,) uint8 state of the affine generator
+    objectives: dict[str, Tensor]  # (n,) uint8 state of each objective's generator (affine, rotation, care)
     sums: dict[str, Tensor]  # running sums of the epoch's loss terms
 
 
@@ -153,12 +146,13 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
             learner.start_epoch(epoch)
             g_order = generator(spec.train.seed, "order", epoch, device)
             g_views = generator(spec.train.seed, "views", epoch, device, rank)
-            g_affine = generator(spec.train.seed, "affine", epoch, device, rank)
+            g_objectives = objective_generators(spec.train.seed, epoch, device, rank)  # affine, rotation, care
             sums: dict[str, torch.Tensor] = {}
             skip = 0
             if position is not None:  # the first epoch of a resume from inside it
                 g_views.set_state(position.views)
-                g_affine.set_state(position.affine)
+                for name, state in position.objectives.items():
+                    g_objectives[name].set_state(state)
                 sums, skip, position = dict(position.sums), position.done, None
             t_epoch = t_log = time.perf_counter()
             signum = 0
@@ -169,8 +163,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, steps_per_epoch, spec.optim) * group["lr_scale"]
                 with policy.autocast():  # x: (b, C, S, S) uint8, or whole images padded with their sizes (b, 2)
-                    loss, parts = step_fn(x, g_views, g_affine) if sizes is None else step_fn(x, g_views, g_affine,
-                                                                                              sizes)  # fmt: skip
+                    loss, parts = step_fn(x, g_views, g_objectives) if sizes is None else step_fn(
+                        x, g_views, g_objectives, sizes)  # fmt: skip
                 guard.observe(step, parts)
                 save_now = every is not None and (step + 1) % every == 0 and i + 1 < steps_per_epoch
                 if (i + 1) % sync_every == 0 or i + 1 == steps_per_epoch or save_now:
@@ -198,7 +192,8 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                     signum = agree(guard, stop, optimizer.param_groups[0]["lr"])
                 if (signum or save_now) and i + 1 < steps_per_epoch:
                     summary = {"epoch": epoch, "step": step + 1, "epoch_step": i + 1}
-                    save_position(last, learner, optimizer, spec, summary, (g_views, g_affine), sums, guard)
+                    save_position(last, learner, optimizer, spec, summary, {"views": g_views, **g_objectives}, sums,
+                                  guard)  # fmt: skip
                     if signum:
                         raise faults.preempted(signum, run, step + 1, epoch + 1)
             seconds = time.perf_counter() - t_epoch
@@ -223,10 +218,12 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
 
 
 def crop_sizes(spec: RunSpec) -> list[int]:
-    """Every square size the encoder sees in this run (the convolution guard probes each): the global views'
-    and, with multi-crop, the local views'."""
+    """Every square size the encoder sees in this run (the convolution guard probes each): the global views',
+    with multi-crop the local views', with rotation prediction E-SSL's small views' (CARE's and the affine warp's
+    are the global size)."""
     local = [spec.augment.local_size_px] if spec.augment.local_crops else []
-    return [spec.data.image_size_px, *local]
+    small = [spec.rotation.side_px(spec.data.image_size_px)] if spec.rotation.enabled else []
+    return list(dict.fromkeys([spec.data.image_size_px, *local, *small]))  # each size once, in that order
 
 
 def agree(guard: faults.DivergenceGuard, stop: faults.StopSignals, lr: float) -> int:
@@ -253,12 +250,13 @@ def check_finite(learner: Learner, optimizer: torch.optim.Optimizer, step: int,
 
 
 def save_position(path: Path, learner: Learner, optimizer: torch.optim.Optimizer, spec: RunSpec, summary: dict,
-                  gens: tuple[torch.Generator, torch.Generator], sums: dict[str, Tensor],
+                  gens: dict[str, torch.Generator], sums: dict[str, Tensor],
                   guard: faults.DivergenceGuard | None = None) -> None:  # fmt: skip
-    """A checkpoint inside an epoch: the state plus every process's generators and metric sums (a collective)."""
+    """A checkpoint inside an epoch: the state plus every process's generators (views and each objective's, by
+    purpose: position.views, position.affine, position.rotation, position.care) and metric sums (a collective)."""
     check_finite(learner, optimizer, summary["step"], guard)
     device = sums["loss"].device
-    per_rank = {"views": gens[0].get_state(), "affine": gens[1].get_state(), "sums": torch.stack(list(sums.values()))}
+    per_rank = {name: g.get_state() for name, g in gens.items()} | {"sums": torch.stack(list(sums.values()))}
     tensors = {f"position.{k}": distributed.stack(v.to(device)).cpu() for k, v in per_rank.items()}  # (world, …)
     if distributed.is_main():
         save_checkpoint(path, learner, optimizer, spec, summary | {"position_sums": list(sums)}, tensors)
@@ -278,8 +276,11 @@ def read_position(path: Path, header: dict[str, str], tensors: dict[str, Tensor]
                                          f"{stored} (each process's random streams are part of the state)")  # fmt: skip
     sums = tensors["position.sums"][rank].to(device)  # (K,)
     names = json.loads(header["position_sums"])
-    # clone: Generator.set_state reads a row of the (world, n) tensor from its storage's start
-    return Position(done, tensors["position.views"][rank].clone(), tensors["position.affine"][rank].clone(),
+    # clone: Generator.set_state reads a row of the (world, n) tensor from its storage's start; a checkpoint
+    # from before the rotation and care streams holds the affine one only (the others were never drawn from)
+    objectives = {name: tensors[f"position.{name}"][rank].clone() for name in OBJECTIVE_STREAMS
+                  if f"position.{name}" in tensors}  # fmt: skip
+    return Position(done, tensors["position.views"][rank].clone(), objectives,
                     {name: sums[k] for k, name in enumerate(names)})  # fmt: skip
 
 

@@ -5,8 +5,10 @@ step (epoch 0, rank 0): the data order from the "order" generator, both views fr
 `augment.views` with the "views" generator, φ from `affine.sample` with the "affine" generator,
 and the warp of view 1 from `affine.warp`. Views and φ are drawn for the whole batch, as in
 training (each image's draws depend on the batch), and the first few images are shown: the
-stored image, view 1, view 2, view 1 warped with its φ written under it, and any further views
-`augment.local_views` draws after them, as training does (local crops, when multi-crop is on).
+stored image, view 1, view 2, view 1 warped with its φ written under it, any further views
+`augment.local_views` draws after them, as training does (local crops, when multi-crop is on),
+and the views the other objectives encode, each from its own stream as the learner draws them:
+E-SSL's small third view (rotation) and CARE's two views whose draw is shared by a chunk.
 
 On the chunks storage training crops each view from the whole stored image (short side
 data.store_px, aspect kept), so the preview reads the first batch from the chunks as the engine
@@ -25,7 +27,9 @@ from torchvision.transforms.v2 import functional as TF
 from affssl import affine, atomic, augment
 from affssl.data import Dataset, batches, load_dataset
 from affssl.errors import UserError
-from affssl.spec import RunSpec
+from affssl.objectives.care import shared_views
+from affssl.objectives.rotation import small_views
+from affssl.spec import AUX, RunSpec
 
 IMAGES = 8  # rows of the grid
 PANEL_IN = 1.5  # width and image height of one panel, inches
@@ -43,11 +47,12 @@ class Preview(NamedTuple):
     warped: Tensor | None  # (n, C, S, S) view 1 warped by phi; None with the module off
     phi: Tensor | None  # (n, 6) angle_deg, tx_px, ty_px, scale, shear_x_deg, shear_y_deg
     local: tuple[Tensor, ...]  # the local crops (multi-crop), each (n, C, s, s)
+    objectives: tuple[tuple[str, Tensor], ...] = ()  # (title, (n, C, s, s)) the other objectives' views
 
 
 def first_index(spec: RunSpec, count: int, device: torch.device) -> Tensor:
     """(B,) the rows of the engine's first batch (epoch 0, the "order" generator)."""
-    from affssl.engine import generator
+    from affssl.streams import generator
 
     index = next(batches(count, spec.train.batch_size, generator(spec.train.seed, "order", 0, device)), None)
     if index is None:
@@ -77,7 +82,7 @@ def first_chunk_batch(spec: RunSpec, feed, n: int = IMAGES) -> Preview:
 
 def _views(spec: RunSpec, x: Tensor, sizes: Tensor | None, n: int) -> Preview:
     """What the learner and the affine block draw from x (B, C, H, W) uint8 (whole images of `sizes` when given)."""
-    from affssl.engine import generator
+    from affssl.streams import generator
 
     device, size = x.device, spec.data.image_size_px
     g_views = generator(spec.train.seed, "views", 0, device)
@@ -95,8 +100,17 @@ def _views(spec: RunSpec, x: Tensor, sizes: Tensor | None, n: int) -> Preview:
         phi = affine.sample(v1.shape[0], spec.affine, v1.shape[-1], g_affine)  # (B, 6)
         warped = affine.warp(v1, phi, spec.affine)  # (B, C, S, S)
     first = lambda t: None if t is None else t[:n].float().cpu()  # noqa: E731
+    others = []
+    if spec.rotation.enabled:
+        g_rotation = generator(spec.train.seed, "rotation", 0, device)
+        others.append(("rotation: small view", small_views(x, spec.rotation, spec.augment, g_rotation, size, sizes)))
+    if spec.care.enabled:
+        c1, c2 = shared_views(x, spec.augment, spec.care.chunks, generator(spec.train.seed, "care", 0, device), size,
+                              sizes)  # fmt: skip
+        others += [("CARE view 1", c1), ("CARE view 2", c2)]
     stored = first(x).div(255) if sizes is None else fitted(first(x).div(255), sizes[:n].cpu(), size)
-    return Preview(stored, first(v1), first(v2), first(warped), first(phi), tuple(map(first, local)))
+    return Preview(stored, first(v1), first(v2), first(warped), first(phi), tuple(map(first, local)),
+                   tuple((title, first(t)) for title, t in others))  # fmt: skip
 
 
 def fitted(x: Tensor, sizes: Tensor, size: int) -> Tensor:
@@ -121,7 +135,7 @@ def columns(preview: Preview) -> list[tuple[str, Tensor]]:
     if preview.warped is not None:
         cols.append(("view 1 warped (φ)", preview.warped))
     cols += [(f"local crop {i + 1}", t) for i, t in enumerate(preview.local)]
-    return cols
+    return cols + list(preview.objectives)
 
 
 def figure_size_px(preview: Preview) -> tuple[int, int]:
@@ -171,7 +185,8 @@ def write_preview(spec: RunSpec, path: Path, n: int = IMAGES, progress: bool = F
         preview, what = first_chunk_batch(spec, feed, n), "whole stored images, cropped"
     else:
         preview, what = first_batch(spec, load_dataset(spec.data, seed=spec.train.seed, progress=progress), n), ""
-    module = "module on" if spec.affine.enabled else "module off"
+    on = [name for name in AUX if getattr(spec, name).enabled]
+    module = ("module on" if spec.affine.enabled else "module off") + "".join(f" + {n}" for n in on if n != "affine")
     draw(preview, path, f"{spec.data.dataset}, {spec.data.image_size_px} px: first batch of seed {spec.train.seed} "
                         f"(batch {spec.train.batch_size}, {module}{', ' + what if what else ''})")  # fmt: skip
     return preview

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from affssl import atomic
 from affssl.errors import UserError, write_failed
-from affssl.spec import RunSpec
+from affssl.spec import AUX, RunSpec
 
 SPEC = "spec.json"
 METRICS = "metrics.jsonl"
@@ -38,7 +38,7 @@ def epoch_checkpoint(run: Path, epoch: int) -> Path:
 
 
 def default_name(spec: RunSpec) -> Path:
-    tag = "affine" if spec.affine.enabled else "base"
+    tag = "+".join(name for name in AUX if getattr(spec, name).enabled) or "base"  # e.g. affine, augself+care
     return Path("runs") / f"{spec.method.name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 

@@ -15,10 +15,11 @@ import torch
 
 from affssl import hostmem, precision
 from affssl.data import batches, load_dataset
-from affssl.engine import PURPOSES, generator, resolve_device
+from affssl.engine import resolve_device
 from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
 from affssl.spec import METHOD_SPECS, DataSpec, RunSpec, load_spec
+from affssl.streams import generator
 
 __all__ = [
     "EngineStep",
@@ -114,7 +115,9 @@ class EngineStep:
         self.optimizer = build_optimizer(params, spec.optim, fused=device.type == "cuda")
         self.model = torch.compile(self.learner) if spec.train.compile else self.learner
         seed = spec.train.seed
-        self.g_order, self.g_views, self.g_affine = (generator(seed, k, 0, device) for k in PURPOSES)
+        self.g_order, self.g_views, self.g_affine = (
+            generator(seed, k, 0, device) for k in ("order", "views", "affine")
+        )
         self.order, self.step = iter(()), 0
         self.passes = 2 + (spec.affine.views if spec.affine.enabled else 0)  # online encoder passes per image
 

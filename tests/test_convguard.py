@@ -191,6 +191,8 @@ def test_local_crops_are_probed_at_their_own_size():
     spec = load_spec("default", ["backbone.name=mobilenet_v3_small", "data.image_size_px=32", *local])
     assert crop_sizes(spec) == [32, 16]
     assert crop_sizes(load_spec("default", ["data.image_size_px=32"])) == [32]
+    assert crop_sizes(load_spec("default", ["data.image_size_px=32", "rotation.enabled=true"])) == [32, 16]  # E-SSL
+    assert crop_sizes(load_spec("default", ["data.image_size_px=32", "rotation.enabled=true", *local])) == [32, 16]
     torch.manual_seed(0)
     net = build_backbone(spec.backbone, 32)
     found = convguard.probe(net, crop_sizes(spec), prefix="backbone")

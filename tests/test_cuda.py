@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 from affssl import affine, augment, precision, runs
 from affssl.affine_block import AffineEstimation
 from affssl.backbones import build_backbone
-from affssl.engine import generator, pretrain
+from affssl.engine import pretrain
 from affssl.optim import build_optimizer
 from affssl.spec import AffineSpec, AugmentSpec, BackboneSpec, OptimSpec, load_spec
+from affssl.streams import generator
 
 pytestmark = [
     pytest.mark.cuda,
@@ -93,6 +94,19 @@ def test_affine_block_on_cuda_without_a_generator():
     assert loss.dtype == torch.float32 and loss.device.type == "cuda" and torch.isfinite(loss)
     loss.backward()
     assert encoder.conv1.weight.grad is not None
+
+
+def test_every_objective_trains_on_cuda_in_bf16_and_view_params_stay_on_the_device(tmp_path):
+    spec = load_spec("default", [*TINY, "train.epochs=1", "rotation.head_hidden=64",
+                                 *(f"{name}.enabled=true" for name in ("augself", "rotation", "care"))])  # fmt: skip
+    last = load_file(pretrain(spec, tmp_path / "run", show_progress=False))
+    assert any(k.startswith("model.objectives.rotation.") for k in last)
+    epoch = [r for r in runs.read_metrics(tmp_path / "run") if r["kind"] == "epoch"][-1]
+    assert all(torch.isfinite(torch.tensor(epoch[f"loss_{n}"])) for n in ("affine", "augself", "rotation", "care"))
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    v1, _, p1, _ = augment.views_with_params(x.to(CUDA), AugmentSpec(), generator(0, "views", 0, CUDA))
+    assert p1.box_px.device.type == "cuda" and p1.box_frac.shape == (16, 4)
+    assert torch.equal(v1, augment.views(x.to(CUDA), AugmentSpec(), generator(0, "views", 0, CUDA))[0])
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="SyncBatchNorm over NCCL needs 2 GPUs")

@@ -1,4 +1,5 @@
-"""The examples run: examples/affine_in_your_loop.py with a few small steps, with and without its `# + affine` lines."""
+"""The examples run: affine_in_your_loop.py and objectives_in_your_loop.py with a few small steps, with and without
+their marked lines."""
 
 from __future__ import annotations
 
@@ -26,3 +27,30 @@ def test_the_module_takes_at_most_five_marked_lines_and_the_loop_runs_without_th
     namespace["main"](SMALL)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all("ssl" in line and "affine" not in line for line in lines)
+
+
+OBJECTIVES_EXAMPLE = EXAMPLE.with_name("objectives_in_your_loop.py")
+TAGS = ("augself", "rotation", "care")
+OBJECTIVES_SMALL = ["--steps", "1", "--batch-size", "32", "--size-px", "8", "--device", "cpu"]  # 2 images a chunk
+
+
+def test_objectives_in_your_loop_prints_each_loss(capsys):
+    runpy.run_path(str(OBJECTIVES_EXAMPLE))["main"](OBJECTIVES_SMALL)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and all(f" {name} " in lines[0] for name in ("ssl", *TAGS)), lines
+    assert float(lines[0].split("care ")[1].split()[0]) > 0  # chunks of two images: CARE has pairs to compare
+
+
+def test_each_objective_takes_four_marked_lines_and_the_loop_runs_without_them(capsys):
+    source = OBJECTIVES_EXAMPLE.read_text().splitlines()
+    for tag in TAGS:
+        marked = [line for line in source if f"# + {tag}" in line]
+        assert len(marked) == 4, (tag, marked)
+        without = "\n".join(line for line in source if f"# + {tag}" not in line)
+        compile(without, str(OBJECTIVES_EXAMPLE), "exec")  # one objective removed alone still reads as Python
+    plain = "\n".join(line for line in source if not any(f"# + {tag}" in line for tag in TAGS))
+    namespace: dict = {"__name__": "plain_simclr"}
+    exec(compile(plain, str(OBJECTIVES_EXAMPLE), "exec"), namespace)
+    namespace["main"](OBJECTIVES_SMALL)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "ssl" in lines[0] and not any(tag in lines[0] for tag in TAGS)

@@ -72,7 +72,7 @@ def test_no_warped_column_without_the_module_and_a_column_per_further_view(tmp_p
     assert names == ["stored", "view 1", "view 2", "view 1 warped (φ)", "local crop 1", "local crop 2"]
     assert shown.local[0].shape == (2, 3, 8, 8)
     # the local crops are the learner's: drawn after both global views from the same generator
-    from affssl.engine import generator
+    from affssl.streams import generator
 
     cpu = torch.device("cpu")
     index = next(
@@ -128,3 +128,24 @@ def test_on_chunks_the_preview_crops_from_the_whole_images_as_training_does(tmp_
                                       "--set", "data.workers=0", "--set", "train.batch_size=8", "--set",
                                       "data.limit=16"])  # fmt: skip
     assert result.exit_code == 0 and png.is_file(), result.output
+
+
+def test_the_other_objectives_views_are_the_learners_from_their_own_streams(tmp_path):
+    from affssl.objectives.care import shared_views
+    from affssl.objectives.rotation import small_views
+    from affssl.streams import generator
+
+    spec = load_spec("default", [*TINY, "rotation.enabled=true", "care.enabled=true", "care.chunks=4"])
+    data = load_dataset(spec.data, seed=spec.train.seed)
+    shown = preview.first_batch(spec, data, n=2)
+    names = [c for c, _ in preview.columns(shown)]
+    assert names[-3:] == ["rotation: small view", "CARE view 1", "CARE view 2"]
+    cpu, seed, size_px = torch.device("cpu"), spec.train.seed, spec.data.image_size_px
+    index = next(batches(data.train.images.shape[0], spec.train.batch_size, generator(seed, "order", 0, cpu)))
+    batch = data.train.images[index]  # (B, C, S, S) the engine's first batch
+    small = small_views(batch, spec.rotation, spec.augment, generator(seed, "rotation", 0, cpu), size_px)
+    c1, c2 = shared_views(batch, spec.augment, 4, generator(seed, "care", 0, cpu), size_px)
+    assert shown.objectives[0][1].equal(small[:2]) and small.shape[-1] == size_px // 2
+    assert shown.objectives[1][1].equal(c1[:2]) and shown.objectives[2][1].equal(c2[:2])
+    path = preview.draw(shown, tmp_path / "p.png", "title")
+    assert Image.open(path).size == preview.figure_size_px(shown)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from affssl.errors import UserError
-from affssl.spec import COMPONENTS, METHOD_SPECS, RunSpec, build_spec, read_toml
+from affssl.spec import AUX, COMPONENTS, METHOD_SPECS, RunSpec, build_spec, read_toml
 from affssl.spec.methods import unknown_base
 
 SpecArg = Annotated[
@@ -20,6 +20,9 @@ SetOpt = Annotated[
 ]
 BaseOpt = Annotated[str | None, typer.Option("--base", help=f"Base SSL method: {' | '.join(METHOD_SPECS)}.")]
 AffineOpt = Annotated[bool | None, typer.Option("--affine/--no-affine", help="Add the affine module (default on).")]
+AuxOpt = Annotated[str | None, typer.Option("--aux", metavar="LIST", help=f"Comma list of auxiliary objectives to "
+                                          f"train, the others off: {', '.join(AUX)}, or none (--affine/--no-affine "
+                                          "then still decides the affine module).")]  # fmt: skip
 ComponentsOpt = Annotated[str | None, typer.Option(help=f"Comma list of affine components ({', '.join(COMPONENTS)}).")]
 DatasetOpt = Annotated[str | None, typer.Option(help="digits | cifar10 | cifar100 | stl10 | svhn | mnist | "
                                                      "fashion-mnist | caltech101 | PATH to an image folder (Tiny "
@@ -40,9 +43,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 
 
 def flag_overrides(base=None, affine=None, components=None, dataset=None, backbone=None, epochs=None,
-                   batch_size=None, limit=None, seed=None, device=None) -> list[str]:  # fmt: skip
-    """The shortcut flags as dotted overrides, applied before --set."""
-    pairs = {
+                   batch_size=None, limit=None, seed=None, device=None, aux=None) -> list[str]:  # fmt: skip
+    """The shortcut flags as dotted overrides, applied before --set (--aux before --affine/--no-affine)."""
+    flags = {
         "affine.enabled": affine,
         "affine.components": [c.strip() for c in components.split(",") if c.strip()] if components else None,
         "data.dataset": dataset,
@@ -53,7 +56,23 @@ def flag_overrides(base=None, affine=None, components=None, dataset=None, backbo
         "train.seed": seed,
         "train.device": device,
     }
-    return [f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
+    on = aux_names(aux) if aux is not None else None
+    pairs = {f"{name}.enabled": name in on for name in AUX} if on is not None else {}
+    pairs |= {k: v for k, v in flags.items() if v is not None}  # so --affine/--no-affine come after --aux
+    return [f"{k}={json.dumps(v)}" for k, v in pairs.items()]
+
+
+def aux_names(aux: str) -> list[str]:
+    """--aux's comma list → objective names ("none": no objective); a name that is not one is a one-line error."""
+    names = [n.strip() for n in aux.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in AUX]
+    if unknown or not names:
+        what = f"{', '.join(map(repr, unknown))} {'is not an objective' if len(unknown) == 1 else 'are not objectives'}"
+        raise UserError(f"--aux {aux!r}: {what if unknown else 'names no objective'}; choose from "
+                        f"{', '.join(AUX)} (comma-separated), or none")  # fmt: skip
+    return names
 
 
 def resolve_spec(source: str | None, base: str | None, overrides: list[str]) -> RunSpec:

@@ -15,6 +15,7 @@ from affssl import cpus, hostmem, loggers, runlock, runs
 from affssl.cli.console import err, friendly, out
 from affssl.cli.options import (
     AffineOpt,
+    AuxOpt,
     BackboneOpt,
     BaseOpt,
     BatchOpt,
@@ -30,7 +31,7 @@ from affssl.cli.options import (
     resolve_spec,
 )
 from affssl.errors import UserError
-from affssl.spec import RunSpec, SpecError, build_spec, flatten, parse_value
+from affssl.spec import AUX, RunSpec, SpecError, build_spec, flatten, parse_value
 from affssl.spec.run import to_toml
 
 # Fields `pretrain --resume` may change: how long, where and how often a run trains, logs and saves,
@@ -47,6 +48,7 @@ def pretrain(
     spec_file: SpecArg = None,
     base: BaseOpt = None,
     affine: AffineOpt = None,
+    aux: AuxOpt = None,
     components: ComponentsOpt = None,
     dataset: DatasetOpt = None,
     backbone: BackboneOpt = None,
@@ -80,7 +82,8 @@ def pretrain(
 
     hostmem.imports_done()
 
-    explicit = flag_overrides(None, affine, components, dataset, backbone, epochs, batch_size, limit, seed, device)
+    explicit = flag_overrides(None, affine, components, dataset, backbone, epochs, batch_size, limit, seed, device,
+                              aux)  # fmt: skip
     explicit += [] if threads is None else [f"train.threads={json.dumps(runenv.threads_option(threads))}"]
     explicit += list(set_ or [])
     if resume:  # the run's own spec; flags may only repeat it or change RESUMABLE fields
@@ -124,7 +127,7 @@ def pretrain(
         watched = f", monitor {monitor_line(scores)}" if scores else ""
         out.print(
             f"[green]done[/] in {time.perf_counter() - t0:.0f} s — {spec.method.name}"
-            f"{' + affine' if spec.affine.enabled else ''}, {epochs}, final loss "
+            f"{''.join(f' + {name}' for name in AUX if getattr(spec, name).enabled)}, {epochs}, final loss "
             f"{summary['loss']:.4f}, {summary['img_per_s']:.0f} img/s{watched}\ncheckpoint: {last}",
             highlight=False,
         )

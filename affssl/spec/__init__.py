@@ -29,6 +29,7 @@ from affssl.spec.methods import (
     SimSiamSpec,
     VICRegSpec,
 )
+from affssl.spec.objectives import AUX, DEFAULT_OBJECTIVE_WEIGHT, AugSelfSpec, CareSpec, RotationSpec
 from affssl.spec.run import RunSpec, build_spec, describe, load_spec, read_toml
 from affssl.spec.sections import (
     COMPONENTS,
@@ -44,8 +45,10 @@ from affssl.spec.sections import (
 from affssl.spec.tree import SpecError, apply_override, flatten, parse_value
 
 __all__ = [
+    "AUX",
     "COMPONENTS",
     "DEFAULT_AFFINE_WEIGHT",
+    "DEFAULT_OBJECTIVE_WEIGHT",
     "LIST_BACKBONES",
     "METHOD_SPECS",
     "MULTICROP_BASES",
@@ -55,16 +58,19 @@ __all__ = [
     "STEM_FAMILY",
     "WIDTH_RESNETS",
     "AffineSpec",
+    "AugSelfSpec",
     "AugmentSpec",
     "BYOLSpec",
     "BackboneSpec",
     "BarlowSpec",
+    "CareSpec",
     "DINOSpec",
     "DataSpec",
     "MethodSpec",
     "MoCoV3Spec",
     "OptimSpec",
     "Range",
+    "RotationSpec",
     "RunSpec",
     "SimCLRSpec",
     "SimSiamSpec",

@@ -33,6 +33,7 @@ from affssl.spec.methods import (
     SimCLRSpec,
     unknown_base,
 )
+from affssl.spec.objectives import DEFAULT_OBJECTIVE_WEIGHT, AugSelfSpec, CareSpec, RotationSpec
 from affssl.spec.sections import PRESETS, AffineSpec, AugmentSpec, DataSpec, OptimSpec, TrainSpec
 from affssl.spec.tree import (
     BASES_KEY,
@@ -50,6 +51,9 @@ class RunSpec(_Spec):
     data: DataSpec = DataSpec()
     augment: AugmentSpec = AugmentSpec()
     affine: AffineSpec = AffineSpec()
+    augself: AugSelfSpec = AugSelfSpec()
+    rotation: RotationSpec = RotationSpec()
+    care: CareSpec = CareSpec()
     backbone: BackboneSpec = BackboneSpec()
     method: MethodSpec = SimCLRSpec()
     optim: OptimSpec = OptimSpec()
@@ -62,6 +66,10 @@ class RunSpec(_Spec):
         if self.affine.weight is None:
             w = DEFAULT_AFFINE_WEIGHT[self.method.name]
             updates["affine"] = self.affine.model_copy(update={"weight": w})
+        for name, table in DEFAULT_OBJECTIVE_WEIGHT.items():  # the other objectives' λ, per base as affine's
+            section = getattr(self, name)
+            if section.weight is None:
+                updates[name] = section.model_copy(update={"weight": table[self.method.name]})
         if self.augment.local_crops and self.method.name not in MULTICROP_BASES:
             raise ValueError(
                 f"augment.local_crops = {self.augment.local_crops}, but {self.method.name} has no pairing of "
@@ -80,6 +88,12 @@ class RunSpec(_Spec):
         if self.augment.local_crops:  # the local views' side, after the patch it must fit
             backbone = updates.get("backbone", self.backbone)
             updates["augment"] = local_size(self.augment, self.data.image_size_px, backbone)
+        patch = vit_patch_px(updates.get("backbone", self.backbone))
+        side = self.rotation.side_px(self.data.image_size_px)
+        if self.rotation.enabled and patch is not None and side % patch:  # E-SSL's small views must tile too
+            raise ValueError(f"rotation's small views are {side} px, not a whole number of {self.backbone.name}'s "
+                             f"{patch} px patches; set rotation.size_frac so that size_frac × data.image_size_px is "
+                             f"a multiple of {patch}")  # fmt: skip
         for key, value in updates.items():
             object.__setattr__(self, key, value)
         return self
