@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from affssl import cpus
 from affssl.data import crops
+from affssl.data import workers as loader_workers
 from affssl.data.chunkwrite import META
 from affssl.data.dataset import DataError
 
@@ -89,7 +90,8 @@ class ChunkFeed:
         sampler = [self.items[b[lo:hi].cpu()].tolist() for b in batches[skip:]]
         reader = _Reader(self.chunks.folder, decode=not on_device)
         loader = DataLoader(reader, batch_sampler=sampler, num_workers=self.workers, collate_fn=_same,
-                            pin_memory=on_device, generator=torch.Generator())  # fmt: skip  # not the global RNG
+                            pin_memory=on_device, generator=torch.Generator(),  # not the global RNG
+                            worker_init_fn=loader_workers.init_fn())  # fmt: skip
         it = iter(loader)
         while True:
             try:

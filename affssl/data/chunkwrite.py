@@ -35,6 +35,7 @@ from torchcodec.decoders import decode_jpeg
 from torchcodec.encoders import JpegEncoder
 from torchvision.transforms.v2 import functional as TF
 
+from affssl.data import workers as loader_workers
 from affssl.data.dataset import DataError
 from affssl.data.decode import JPEG_SIGNATURE, Entry, decode_bytes, without_exif
 from affssl.errors import UserError
@@ -85,7 +86,8 @@ def write(plan: Plan, workers: int, progress: bool) -> None:
         writer = BinaryWriter(str(tmp), chunk_bytes=CHUNK_BYTES)
         encoder = _Encoder(plan.files, plan.store_px, plan.quality)
         loader = DataLoader(encoder, batch_size=ENCODE_BATCH, num_workers=workers, collate_fn=_as_list,
-                            generator=torch.Generator())  # fmt: skip  # its own: the global RNG seeds the weights
+                            generator=torch.Generator(),  # its own: the global RNG seeds the weights
+                            worker_init_fn=loader_workers.init_fn())  # fmt: skip
         bad, labels, count = [], [], 0
         with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
             task = bar.add_task(f"writing chunks {plan.folder}", total=len(plan.files))
