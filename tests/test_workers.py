@@ -21,9 +21,10 @@ import pytest
 
 pytest.importorskip("litdata")
 
-from test_chunks import TINY, make_folder
+from test_chunks import TINY, make_folder, spec_for
 
 from affssl import runlock, runs
+from affssl.data import chunkread, storage
 
 DEADLINE_S = 60  # generous: a loaded machine may be slow to schedule a dying process
 
@@ -131,18 +132,34 @@ else:
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("which", ["read", "write"])
-def test_loader_workers_stuck_in_an_item_die_with_their_process(tmp_path, which):
+def start_stuck(which: str, tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
+    """A process whose chunk `which` (read | write) loader has two workers held inside an item; their pids."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
     proc = subprocess.Popen([sys.executable, "-c", STUCK, which, str(tmp_path)], env=env, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("worker-*"))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        raise AssertionError(proc.stderr.read())
+    return proc, [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
+
+
+def end(proc: subprocess.Popen, tmp_path: Path) -> None:
+    """Kill what a test started that is still there (without the fixes the workers would stay)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("which", ["read", "write"])
+def test_loader_workers_stuck_in_an_item_die_with_their_process(tmp_path, which):
+    proc, workers = start_stuck(which, tmp_path)
     try:
-        deadline = time.time() + 300
-        while len(list(tmp_path.glob("worker-*"))) < 2 and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, proc.stderr.read()
-        workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
         assert len(workers) == 2 and all(alive(p) for p in workers)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -151,9 +168,23 @@ def test_loader_workers_stuck_in_an_item_die_with_their_process(tmp_path, which)
             time.sleep(0.05)
         assert not [p for p in workers if alive(p)], f"the {which} loader's workers outlived their process"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]:
-            if alive(pid):  # what the test started (without the fix they would stay)
-                os.kill(pid, signal.SIGKILL)
+        end(proc, tmp_path)
+
+
+def test_a_killed_chunk_writers_temporary_folder_goes_with_the_next_write(tmp_path):
+    proc, _ = start_stuck("write", tmp_path)
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        end(proc, tmp_path)
+    chunks = tmp_path / "cache" / "chunks"
+    (dead,) = chunks.glob(".*.tmp")
+    assert dead.name.endswith(f".{os.uname().nodename}.{proc.pid}.tmp")
+    live = chunks / f".{'0' * 64}.{os.uname().nodename}.{os.getpid()}.tmp"  # a live writer's: kept
+    other = chunks / f".{'1' * 64}.elsewhere.{proc.pid}.tmp"  # another host's: its pids are not ours to judge
+    live.mkdir()
+    other.mkdir()
+    spec = spec_for(tmp_path / "imgs", tmp_path / "cache", "data.storage=chunks", "data.workers=0")
+    assert chunkread.open_chunks(storage.written(spec.data, False)).count == 80
+    assert not dead.exists() and live.is_dir() and other.is_dir()

@@ -5,7 +5,9 @@ image ({"jpeg": bytes, "label": int}, in the folder's sorted order), and affssl.
 labels, classes, the images skipped as unreadable). The key is a sha256 of the source's identity
 (every file's path, size and mtime), data.store_px, data.jpeg_quality and CHUNKS_FORMAT, so an edit
 to the source or to those settings writes new chunks, as the tensor cache is invalidated. The folder
-is written under a temporary name and renamed into place: it exists only once complete.
+is written under a temporary name, .<key>.<host>.<pid>.tmp, and renamed into place: it exists only
+once complete. A writer killed before the end (SIGKILL, OOM) leaves its temporary folder; the next
+write on that host removes every one whose process is gone.
 
 Each image is decoded as the tensor cache decodes it (affssl.data.decode; unreadable ones are found
 here); one whose short side is above data.store_px is resized (antialiased) to it, aspect kept, and
@@ -79,6 +81,7 @@ def write(plan: Plan, workers: int, progress: bool) -> None:
 
     if (plan.folder / META).is_file():
         return
+    remove_dead_writers(plan.folder.parent)
     tmp = plan.folder.with_name(f".{plan.folder.name}.{os.uname().nodename}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -118,6 +121,35 @@ def write(plan: Plan, workers: int, progress: bool) -> None:
                         "free some space or set data.root to a writable folder") from None  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_dead_writers(chunks: Path) -> list[Path]:
+    """Delete the temporary folders (.<key>.<host>.<pid>.tmp) of this host's writers whose process is gone."""
+    host, removed = os.uname().nodename, []
+    for entry in chunks.iterdir() if chunks.is_dir() else ():
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        owner, _, pid = name[1:-4].partition(".")[2].rpartition(".")
+        if owner == host and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    try:  # a zombie (killed, not yet reaped) writes no more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def check_bad(bad: list[tuple[str, str]], total: int, max_bad_frac: float, folder: Path) -> None:
