@@ -34,6 +34,7 @@ from affssl.data import crops
 from affssl.data import workers as loader_workers
 from affssl.data.chunkwrite import META
 from affssl.data.dataset import DataError
+from affssl.data.fingerprint import Fingerprint
 
 
 class ChunkError(DataError):
@@ -80,9 +81,11 @@ def default_workers() -> int:
 class ChunkFeed:
     """Batches of whole images from a chunk set, for the engine (affssl.data.storage)."""
 
-    def __init__(self, chunks: ChunkSet, items: Tensor, device: torch.device, workers: int):
+    def __init__(self, chunks: ChunkSet, items: Tensor, device: torch.device, workers: int,
+                 seen: Fingerprint | None = None):  # fmt: skip
         self.chunks, self.items, self.device, self.workers = chunks, items, device, workers
         self.count = len(items)  # training images (after data.limit)
+        self.fingerprint = seen  # of the source's files (affssl.data.fingerprint)
 
     def epoch(self, batches: list[Tensor], lo: int, hi: int, skip: int) -> Iterator[tuple[Tensor, Tensor]]:
         """(x (b, 3, H_max, W_max) uint8, sizes (b, 2)) on the device for batches[skip:], rows lo:hi of each."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from affssl.errors import UserError
+
+if TYPE_CHECKING:
+    from affssl.data.fingerprint import Fingerprint
 
 
 class DataError(UserError):
@@ -25,6 +29,7 @@ class Dataset:
     train: Split
     test: Split | None
     classes: tuple[str, ...]  # empty for unlabelled
+    fingerprint: Fingerprint | None = None  # of the source's files (affssl.data.fingerprint); None: not known
 
 
 Loaded = tuple[Split, Split | None, tuple[str, ...]]  # (train, test, classes) as a source builds them

@@ -7,6 +7,7 @@ only). Randomness takes explicit Generators.
 
 from __future__ import annotations
 
+from affssl.data import fingerprint
 from affssl.data.batches import subset
 from affssl.data.cache import cache_dir, through_cache
 from affssl.data.dataset import Dataset
@@ -18,6 +19,7 @@ def load_dataset(spec: DataSpec, seed: int = 0, progress: bool = False) -> Datas
     """Load, resize to spec.image_size_px, apply spec.limit to train (stratified, seeded by `seed`)."""
     source, identify, build = plan(spec, cache_dir(spec), progress)
     train, test, classes = through_cache(spec, source, identify, build) if spec.cache else build()
+    seen = fingerprint.of([source, identify()], len(train.images))  # the source, before the limit
     if spec.limit is not None:
         train = subset(train, spec.limit, seed)
-    return Dataset(name=spec.dataset, train=train, test=test, classes=classes)
+    return Dataset(name=spec.dataset, train=train, test=test, classes=classes, fingerprint=seen)

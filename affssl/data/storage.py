@@ -25,7 +25,7 @@ from rich.console import Console
 from torch import Tensor
 
 from affssl import distributed
-from affssl.data import chunkwrite, imagenet
+from affssl.data import chunkwrite, fingerprint, imagenet
 from affssl.data.batches import stratified
 from affssl.data.cache import cache_dir
 from affssl.data.dataset import Dataset
@@ -45,6 +45,7 @@ class TensorFeed:
         self.data = data
         self.images = data.train.images.to(device)  # (N, C, S, S) uint8, resident for the whole run
         self.count = self.images.shape[0]
+        self.fingerprint = data.fingerprint
 
     def epoch(self, batches: list[Tensor], lo: int, hi: int, skip: int) -> Iterator[tuple[Tensor, None]]:
         for index in batches[skip:]:
@@ -61,7 +62,8 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
         return _with(spec, storage=storage), TensorFeed(data, device)
     from affssl.data.chunkread import ChunkFeed, default_workers, open_chunks
 
-    chunks = open_chunks(written(spec.data, progress))
+    folder, seen = _write(spec.data, progress)
+    chunks = open_chunks(folder)
     _say(choice)
     items = torch.arange(chunks.count)
     if spec.data.limit is not None and spec.data.limit < chunks.count:  # as affssl.data.batches.subset draws it
@@ -76,7 +78,7 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
              f"{spec.data.max_bad_frac:g}): {', '.join(chunks.bad_first)}{more}")  # fmt: skip
     workers = default_workers() if spec.data.workers is None else spec.data.workers
     spec = _with(spec, storage=storage, bad_count=chunks.bad, bad_first=chunks.bad_first)
-    return spec, ChunkFeed(chunks, items, device, workers)
+    return spec, ChunkFeed(chunks, items, device, workers, seen)
 
 
 def settle(spec: RunSpec, device: torch.device, progress: bool) -> tuple[RunSpec, Dataset | None]:
@@ -131,7 +133,12 @@ def resolve(data: DataSpec, device: torch.device, given: Dataset | None) -> tupl
 
 def written(data: DataSpec, progress: bool) -> Path:
     """The chunk folder of this spec's source, written once per node (or once, in a shared folder)."""
-    files, labels, classes, plan_folder = _plan(data)
+    return _write(data, progress)[0]
+
+
+def _write(data: DataSpec, progress: bool) -> tuple[Path, fingerprint.Fingerprint]:
+    """(the chunk folder, written as `written` says, the fingerprint of the files it was written from)."""
+    files, labels, classes, plan_folder, seen = _plan(data)
     plan = chunkwrite.Plan(files, labels, classes, plan_folder, data.store_px, data.jpeg_quality, data.max_bad_frac)
     workers = data.workers if data.workers is not None else _writer_workers()
     first = distributed.rank() == 0
@@ -145,11 +152,11 @@ def written(data: DataSpec, progress: bool) -> Path:
             chunkwrite.write(plan, workers, progress)
     finally:
         distributed.barrier()
-    return plan.folder
+    return plan.folder, fingerprint.of(*seen)
 
 
-def _plan(data: DataSpec) -> tuple[list, list[int] | None, tuple[str, ...], Path]:
-    """The training files, labels, classes and chunk folder of a folder source."""
+def _plan(data: DataSpec) -> tuple[list, list[int] | None, tuple[str, ...], Path, tuple[list, int]]:
+    """The training files, labels, classes, chunk folder and (identity, count) of a folder source."""
     root = cache_dir(data)
     keep = None if data.classes_file is None else imagenet.read_classes_file(data.classes_file)
     if data.dataset == "caltech101":
@@ -157,8 +164,9 @@ def _plan(data: DataSpec) -> tuple[list, list[int] | None, tuple[str, ...], Path
     else:
         splits, classes, folder = scan_folder(Path(data.dataset).expanduser(), keep=keep)
     files, labels = splits["train"]
-    key = chunkwrite.chunk_folder(root, str(folder), identity(folder, files), data.store_px, data.jpeg_quality)
-    return files, labels, classes, key
+    ids = identity(folder, files)
+    key = chunkwrite.chunk_folder(root, str(folder), ids, data.store_px, data.jpeg_quality)
+    return files, labels, classes, key, ([str(folder), ids], len(files))
 
 
 def _say(line: str) -> None:
