@@ -176,6 +176,25 @@ def test_a_truncated_chunk_file_ends_with_one_line_naming_it(tmp_path, folder):
     assert result.exit_code == 2 and len(lines) == 1 and chunk.name in lines[0] and "rebuild" in lines[0], lines
 
 
+@pytest.mark.parametrize(("name", "how"), [("index.json", "delete"), ("index.json", "truncate"),
+                                         ("affssl.json", "delete"), ("affssl.json", "truncate")])  # fmt: skip
+def test_damaged_chunk_metadata_is_named_in_one_line_and_rebuilt(tmp_path, folder, name, how):
+    sets = [*TINY, f"data.dataset={folder}", f"data.root={tmp_path / 'cache'}", "data.storage=chunks",
+            "data.workers=0", "train.epochs=1"]  # fmt: skip
+    written = storage.written(spec_for(folder, tmp_path / "cache", "data.storage=chunks").data, False)
+    path = written / name
+    path.unlink() if how == "delete" else os.truncate(path, path.stat().st_size // 2)
+    with pytest.raises(chunkread.ChunkError, match=f"{name} is (missing|unreadable).*delete .* rebuild"):
+        chunkread.open_chunks(written)
+    result = CliRunner().invoke(app, ["pretrain", "--no-progress", "--out", str(tmp_path / "run"),
+                                      *[a for o in sets for a in ("--set", o)]])  # fmt: skip
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    notes = [line for line in result.output.splitlines() if "are damaged (" in line]
+    assert len(notes) == 1 and name in notes[0] and "rebuilding" in notes[0], result.output
+    assert chunkread.open_chunks(written).count == 48  # whole again, in place
+    assert not list(written.parent.glob(".*.tmp"))
+
+
 def test_chunks_without_litdata_ends_with_one_line_naming_the_extra(tmp_path, monkeypatch, folder):
     monkeypatch.setitem(sys.modules, "litdata", None)  # import litdata → ImportError
     result = CliRunner().invoke(app, ["pretrain", "--no-progress", "--out", str(tmp_path / "run"),

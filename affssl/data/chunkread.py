@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from affssl import cpus
 from affssl.data import crops
 from affssl.data import workers as loader_workers
-from affssl.data.chunkwrite import META
+from affssl.data.chunkwrite import META, damage
 from affssl.data.dataset import DataError
 from affssl.data.fingerprint import Fingerprint
 
@@ -52,7 +52,10 @@ class ChunkSet:
 
 
 def open_chunks(folder: Path) -> ChunkSet:
-    """The chunk set in folder, after checking every chunk file is whole."""
+    """The chunk set in folder, after checking its metadata and that every chunk file is whole."""
+    if problem := damage(folder):
+        raise ChunkError(f"the chunks in {folder} are damaged ({problem}); delete {folder} and run again to "
+                         "rebuild them from the source images")  # fmt: skip
     check_files(folder)
     meta = json.loads((folder / META).read_text())
     labels = None if meta["labels"] is None else torch.tensor(meta["labels"], dtype=torch.int64)

@@ -7,7 +7,9 @@ labels, classes, the images skipped as unreadable). The key is a sha256 of the s
 to the source or to those settings writes new chunks, as the tensor cache is invalidated. The folder
 is written under a temporary name, .<key>.<host>.<pid>.tmp, and renamed into place: it exists only
 once complete. A writer killed before the end (SIGKILL, OOM) leaves its temporary folder; the next
-write on that host removes every one whose process is gone.
+write on that host removes every one whose process is gone. A complete folder whose metadata was
+damaged later (affssl.json or index.json deleted, truncated or edited) is found by `damage`, named in
+one line, moved aside and written again from the source images.
 
 Each image is decoded as the tensor cache decodes it (affssl.data.decode; unreadable ones are found
 here); one whose short side is above data.store_px is resized (antialiased) to it, aspect kept, and
@@ -44,6 +46,8 @@ from affssl.errors import UserError
 
 CHUNKS_FORMAT = 1  # bump when the stored items change, so old chunks are not reused
 META = "affssl.json"
+INDEX = "index.json"  # litdata's
+ABSENT = "absent"
 CHUNK_BYTES = 64 << 20  # litdata's recommended chunk size for streaming
 ENCODE_BATCH = 64  # files per loader item while writing
 SHOW_BAD = 5  # bad paths named in messages and spec.json
@@ -79,8 +83,11 @@ def write(plan: Plan, workers: int, progress: bool) -> None:
     """Write plan.folder unless it is there; raises DataError when more than max_bad_frac of the images are bad."""
     from litdata.streaming.writer import BinaryWriter
 
-    if (plan.folder / META).is_file():
+    problem = damage(plan.folder)
+    if not problem:
         return
+    if problem != ABSENT:
+        _rebuild_note(plan.folder, problem)
     remove_dead_writers(plan.folder.parent)
     tmp = plan.folder.with_name(f".{plan.folder.name}.{os.uname().nodename}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -114,13 +121,57 @@ def write(plan: Plan, workers: int, progress: bool) -> None:
         try:
             tmp.rename(plan.folder)
         except OSError:  # another writer's complete folder got there first (a shared cache folder)
-            if not (plan.folder / META).is_file():
+            if damage(plan.folder):
                 raise
     except OSError as err:
         raise DataError(f"chunks could not be written to {plan.folder} ({err.strerror or err}); "
                         "free some space or set data.root to a writable folder") from None  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def damage(folder: Path) -> str:
+    """What is wrong with a chunk folder's metadata: "" when whole, ABSENT when there is no folder."""
+    if not folder.is_dir():
+        return ABSENT
+    found = {}
+    for name in (META, INDEX):
+        try:
+            found[name] = json.loads((folder / name).read_text())
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, ValueError) as err:
+            return f"{name} is unreadable ({type(err).__name__})"
+    meta, index = found[META], found[INDEX]
+    try:
+        if meta["format"] != CHUNKS_FORMAT:
+            return f"{META} has format {meta['format']}, this affssl writes {CHUNKS_FORMAT}"
+        items = sum(int(c["chunk_size"]) for c in index["chunks"])
+        if not all(isinstance(c["filename"], str) and int(c["chunk_bytes"]) >= 0 for c in index["chunks"]):
+            return f"{INDEX} names its chunks wrongly"
+        labels = meta["labels"]
+        if items != meta["count"] or (labels is not None and len(labels) != items):
+            return f"{INDEX} holds {items} items, {META} says {meta['count']}"
+        if not (
+            isinstance(meta["classes"], list) and isinstance(meta["bad"], int) and isinstance(meta["bad_first"], list)
+        ):
+            return f"{META} lacks a field"
+    except (KeyError, TypeError, ValueError):
+        return f"{META} or {INDEX} lacks a field"
+    return ""
+
+
+def _rebuild_note(folder: Path, problem: str) -> None:
+    """Say it in one line, then move the damaged folder aside (atomic) and delete it, so it is written anew."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"note: the chunks in {folder} are damaged ({problem}); rebuilding them from the source images"
+    )
+    aside = folder.with_name(f".{folder.name}-damaged.{os.uname().nodename}.{os.getpid()}.tmp")
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:  # another process moved it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def remove_dead_writers(chunks: Path) -> list[Path]:
