@@ -158,6 +158,12 @@ def test_bad_images_are_skipped_counted_and_stop_the_run_past_max_bad_frac(tmp_p
     assert "skipped 2 unreadable image(s)" in ran.output and "zz-junk.jpg" in ran.output
     saved = json.loads((tmp_path / "run" / runs.SPEC).read_text())["data"]
     assert saved["bad_count"] == 2 and [Path(p).name for p in saved["bad_first"]] == ["zz-cut.jpg", "zz-junk.jpg"]
+    # the chunks (2 skipped) exist now; a run under the default limit checks the recorded skips against it
+    again = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "strict-again")])
+    lines = [line for line in again.output.splitlines() if line.strip()]
+    assert again.exit_code == 2 and len(lines) == 1, again.output
+    assert "2 of 34 images" in lines[0] and "data.max_bad_frac 0.001" in lines[0] and "zz-cut.jpg" in lines[0]
+    assert not (tmp_path / "strict-again").exists()
 
 
 def test_a_truncated_chunk_file_ends_with_one_line_naming_it(tmp_path, folder):

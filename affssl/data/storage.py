@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
@@ -33,6 +34,9 @@ from affssl.data.folders import identity, scan_folder
 from affssl.data.load import load_dataset
 from affssl.data.sources import CALTECH101_SKIP, TORCHVISION, caltech101_folder
 from affssl.spec import DataSpec, RunSpec
+
+if TYPE_CHECKING:
+    from affssl.data.chunkread import ChunkSet
 
 AUTO_SHARE = 0.5  # of RAM (and of CUDA memory) the decoded set may take for auto to pick tensor
 IN_MEMORY = ("digits", *TORCHVISION)
@@ -64,6 +68,7 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
 
     folder, seen = _write(spec.data, progress)
     chunks = open_chunks(folder)
+    check_skips(chunks, spec.data)
     _say(choice)
     items = torch.arange(chunks.count)
     if spec.data.limit is not None and spec.data.limit < chunks.count:  # as affssl.data.batches.subset draws it
@@ -88,11 +93,26 @@ def settle(spec: RunSpec, device: torch.device, progress: bool) -> tuple[RunSpec
     if storage == "tensor":
         data = load_dataset(spec.data, seed=spec.train.seed, progress=progress)
     else:
+        from affssl.data.chunkread import open_chunks
+
         data = None
-        written(spec.data, progress)  # bad images found here stop the run before its folder exists
+        check_skips(open_chunks(written(spec.data, progress)), spec.data)  # bad images stop the run here
     if reason and distributed.is_main():
         _say(f"data.storage {spec.data.storage} → {storage}: {reason}")
     return _with(spec, storage=storage), data
+
+
+def check_skips(chunks: ChunkSet, data: DataSpec) -> None:
+    """DataError when the images skipped while the chunks were written (by any run, under its own limit)
+    are more than this run's data.max_bad_frac allows: the limit holds on every run, not only the writer's."""
+    total = chunks.count + chunks.bad
+    if chunks.bad > data.max_bad_frac * total:
+        more = " …" if chunks.bad > len(chunks.bad_first) else ""
+        raise chunkwrite.DataError(
+            f"{chunks.bad} of {total} images ({chunks.bad / total:.2%}) of {data.dataset} were skipped as unreadable "
+            f"when its chunks were written, more than data.max_bad_frac {data.max_bad_frac:g}: "
+            f"{', '.join(chunks.bad_first)}{more}; remove or replace them, or raise data.max_bad_frac"
+        )
 
 
 def filled_in(key: str, planned: object) -> bool:
