@@ -85,8 +85,10 @@ class ChunkFeed:
     """Batches of whole images from a chunk set, for the engine (affssl.data.storage)."""
 
     def __init__(self, chunks: ChunkSet, items: Tensor, device: torch.device, workers: int,
-                 seen: Fingerprint | None = None):  # fmt: skip
+                 seen: Fingerprint | None = None, cap_px: int | None = None):  # fmt: skip
+        """`cap_px`: decoded short sides above it are resized to it before a batch is padded (affssl.data.crops)."""
         self.chunks, self.items, self.device, self.workers = chunks, items, device, workers
+        self.cap_px = cap_px
         self.count = len(items)  # training images (after data.limit)
         self.fingerprint = seen  # of the source's files (affssl.data.fingerprint)
 
@@ -94,7 +96,7 @@ class ChunkFeed:
         """(x (b, 3, H_max, W_max) uint8, sizes (b, 2)) on the device for batches[skip:], rows lo:hi of each."""
         on_device = self.device.type == "cuda"
         sampler = [self.items[b[lo:hi].cpu()].tolist() for b in batches[skip:]]
-        reader = _Reader(self.chunks.folder, decode=not on_device)
+        reader = _Reader(self.chunks.folder, decode=not on_device, cap_px=self.cap_px)
         loader = DataLoader(reader, batch_sampler=sampler, num_workers=self.workers, collate_fn=_same,
                             pin_memory=on_device, generator=torch.Generator(),  # not the global RNG
                             worker_init_fn=loader_workers.init_fn())  # fmt: skip
@@ -112,7 +114,7 @@ class ChunkFeed:
             if on_device:  # one batched nvJPEG call for the whole batch
                 from torchcodec.decoders import decode_jpeg
 
-                x, sizes = crops.pad(decode_jpeg(got, mode="RGB", device=self.device))
+                x, sizes = crops.pad(decode_jpeg(got, mode="RGB", device=self.device), self.cap_px)
             else:
                 x, sizes = got
             yield x.to(self.device, non_blocking=True), sizes.to(self.device)
@@ -121,8 +123,8 @@ class ChunkFeed:
 class _Reader(torch.utils.data.Dataset):
     """Map-style view of the chunks: a batch of item indices → padded decoded images, or their bytes."""
 
-    def __init__(self, folder: Path, decode: bool):
-        self.folder, self.decode, self.dataset = folder, decode, None
+    def __init__(self, folder: Path, decode: bool, cap_px: int | None = None):
+        self.folder, self.decode, self.cap_px, self.dataset = folder, decode, cap_px, None
 
     def __len__(self) -> int:
         return len(self._open())
@@ -144,7 +146,7 @@ class _Reader(torch.utils.data.Dataset):
         from torchcodec.decoders import decode_jpeg
 
         try:
-            return crops.pad(decode_jpeg(raw, mode="RGB"))  # (B, 3, H_max, W_max), (B, 2)
+            return crops.pad(decode_jpeg(raw, mode="RGB"), self.cap_px)  # (B, 3, H_max, W_max), (B, 2)
         except RuntimeError as err:
             raise ChunkError(f"an image of items {indices[0]}… cannot be decoded ({_first_line(err)})") from None
 

@@ -12,7 +12,8 @@ damaged later (affssl.json or index.json deleted, truncated or edited) is found 
 one line, moved aside and written again from the source images.
 
 Each image is decoded as the tensor cache decodes it (affssl.data.decode; unreadable ones are found
-here); one whose short side is above data.store_px is resized (antialiased) to it, aspect kept, and
+here); one whose short side is above data.store_px (unset: STORE_MAX_PX, 1024 px; storing a 6000 px
+photo for 16–224 px crops only made every read slow) is resized (antialiased) to it, aspect kept, and
 re-encoded at data.jpeg_quality, as is any image that is not a JPEG TorchCodec reads; a JPEG already
 small enough is stored as its own bytes, less its Exif segments (the tensor cache ignores the Exif
 orientation; TorchCodec would apply it). Decoding and encoding run in
@@ -44,7 +45,8 @@ from affssl.data.dataset import DataError
 from affssl.data.decode import JPEG_SIGNATURE, Entry, decode_bytes, without_exif
 from affssl.errors import UserError
 
-CHUNKS_FORMAT = 1  # bump when the stored items change, so old chunks are not reused
+CHUNKS_FORMAT = 2  # bump when the stored items change, so old chunks are not reused (2: STORE_MAX_PX)
+STORE_MAX_PX = 1024  # short side stored when data.store_px is unset: training crops are 16–224 px
 META = "affssl.json"
 INDEX = "index.json"  # litdata's
 ABSENT = "absent"
@@ -94,7 +96,7 @@ def write(plan: Plan, workers: int, progress: bool) -> None:
     tmp.mkdir(parents=True)
     try:
         writer = BinaryWriter(str(tmp), chunk_bytes=CHUNK_BYTES)
-        encoder = _Encoder(plan.files, plan.store_px, plan.quality)
+        encoder = _Encoder(plan.files, plan.store_px or STORE_MAX_PX, plan.quality)
         loader = DataLoader(encoder, batch_size=ENCODE_BATCH, num_workers=workers, collate_fn=_as_list,
                             generator=torch.Generator(),  # its own: the global RNG seeds the weights
                             worker_init_fn=loader_workers.init_fn())  # fmt: skip

@@ -26,7 +26,7 @@ from rich.console import Console
 from torch import Tensor
 
 from affssl import distributed
-from affssl.data import chunkwrite, fingerprint, imagenet
+from affssl.data import chunkwrite, crops, fingerprint, imagenet
 from affssl.data.batches import stratified
 from affssl.data.cache import cache_dir
 from affssl.data.dataset import Dataset
@@ -83,7 +83,7 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
              f"{spec.data.max_bad_frac:g}): {', '.join(chunks.bad_first)}{more}")  # fmt: skip
     workers = default_workers() if spec.data.workers is None else spec.data.workers
     spec = _with(spec, storage=storage, bad_count=chunks.bad, bad_first=chunks.bad_first)
-    return spec, ChunkFeed(chunks, items, device, workers, seen)
+    return spec, ChunkFeed(chunks, items, device, workers, seen, cap_px=crops.CAP_FACTOR * spec.data.image_size_px)
 
 
 def settle(spec: RunSpec, device: torch.device, progress: bool) -> tuple[RunSpec, Dataset | None]:
