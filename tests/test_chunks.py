@@ -201,6 +201,31 @@ def test_damaged_chunk_metadata_is_named_in_one_line_and_rebuilt(tmp_path, folde
     assert not list(written.parent.glob(".*.tmp"))
 
 
+def test_every_single_byte_flip_in_a_chunk_ends_with_one_line(tmp_path, folder):
+    # 20 flips spread over the chunk file (header, offsets, labels, JPEG bytes); each alone, then undone
+    written = storage.written(spec_for(folder, tmp_path / "cache", "data.storage=chunks").data, False)
+    chunks = chunkread.open_chunks(written)
+    (chunk,) = written.glob("chunk-*.bin")
+    original = chunk.read_bytes()
+    positions = torch.randperm(len(original), generator=torch.Generator().manual_seed(0))[:20].tolist()
+    every = [torch.arange(chunks.count)[k : k + 16] for k in range(0, chunks.count, 16)]
+    silent = []
+    for at in positions:
+        flipped = bytearray(original)
+        flipped[at] ^= 0xFF
+        chunk.write_bytes(flipped)
+        feed = chunkread.ChunkFeed(chunks, torch.arange(chunks.count), torch.device("cpu"), workers=0)
+        try:
+            list(feed.epoch(every, 0, 16, 0))
+            silent.append(at)
+        except chunkread.ChunkError as err:
+            assert "\n" not in str(err) and "rebuild" in str(err) and str(written) in str(err), err
+    chunk.write_bytes(original)
+    assert silent == [], f"flips at bytes {silent} of {len(original)} were read without a word"
+    list(chunkread.ChunkFeed(chunks, torch.arange(chunks.count), torch.device("cpu"), workers=0).epoch(every, 0, 16,
+                                                                                                     0))  # fmt: skip
+
+
 def test_chunks_without_litdata_ends_with_one_line_naming_the_extra(tmp_path, monkeypatch, folder):
     monkeypatch.setitem(sys.modules, "litdata", None)  # import litdata → ImportError
     result = CliRunner().invoke(app, ["pretrain", "--no-progress", "--out", str(tmp_path / "run"),

@@ -14,7 +14,10 @@ nvJPEG call (`decode_jpeg(list, device="cuda")`). Either way a batch is whole im
 
 A chunk file cut short (a copy interrupted, a full disk) is found when the chunks are opened (its
 size differs from index.json) or, if it happens later, when a batch cannot be read: both end the run
-with one line naming the file and how to rebuild.
+with one line naming the file and how to rebuild. A flipped byte (a disk or a copy at fault) keeps
+the size: every item read is checked against the CRC-32 stored beside it (chunkwrite.item_crc), so
+it ends the run the same way instead of training on a changed image. The check reads only the bytes
+read anyway; its cost is in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torch.utils.data import DataLoader
 from affssl import cpus
 from affssl.data import crops
 from affssl.data import workers as loader_workers
-from affssl.data.chunkwrite import META, damage
+from affssl.data.chunkwrite import META, damage, item_crc
 from affssl.data.dataset import DataError
 from affssl.data.fingerprint import Fingerprint
 
@@ -140,7 +143,11 @@ class _Reader(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor] | list[Tensor]:
         ds = self._open()
-        raw = [torch.frombuffer(bytearray(ds[i]["jpeg"]), dtype=torch.uint8) for i in indices]  # (n_i,) each
+        items = [ds[i] for i in indices]
+        for i, item in zip(indices, items, strict=True):
+            if item_crc(item["jpeg"], item["label"]) != item["crc"]:
+                raise ChunkError(f"item {i} fails its checksum (a flipped byte in its chunk file)")
+        raw = [torch.frombuffer(bytearray(item["jpeg"]), dtype=torch.uint8) for item in items]  # (n_i,) each
         if not self.decode:
             return raw
         from torchcodec.decoders import decode_jpeg

@@ -1,7 +1,8 @@
 """An image folder's training split → JPEG bytes in litdata chunk files, written once (the chunks storage).
 
 Layout: CACHE/chunks/<key>/ holds litdata's index.json and chunk-*.bin files, one item per readable
-image ({"jpeg": bytes, "label": int}, in the folder's sorted order), and affssl.json (the item count,
+image ({"jpeg": bytes, "label": int, "crc": int}, in the folder's sorted order; crc is `item_crc`,
+checked on every read: litdata stores no checksum), and affssl.json (the item count,
 labels, classes, the images skipped as unreadable). The key is a sha256 of the source's identity
 (every file's path, size and mtime), data.store_px, data.jpeg_quality and CHUNKS_FORMAT, so an edit
 to the source or to those settings writes new chunks, as the tensor cache is invalidated. The folder
@@ -29,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +47,7 @@ from affssl.data.dataset import DataError
 from affssl.data.decode import JPEG_SIGNATURE, Entry, decode_bytes, without_exif
 from affssl.errors import UserError
 
-CHUNKS_FORMAT = 2  # bump when the stored items change, so old chunks are not reused (2: STORE_MAX_PX)
+CHUNKS_FORMAT = 3  # bump when the stored items change, so old chunks are not reused (2: STORE_MAX_PX, 3: crc)
 STORE_MAX_PX = 1024  # short side stored when data.store_px is unset: training crops are 16–224 px
 META = "affssl.json"
 INDEX = "index.json"  # litdata's
@@ -67,6 +69,11 @@ class Plan:
     store_px: int | None
     quality: int
     max_bad_frac: float
+
+
+def item_crc(jpeg: bytes, label: int) -> int:
+    """CRC-32 of an item's label and JPEG bytes: any flipped bit in either changes it."""
+    return zlib.crc32(jpeg, zlib.crc32(label.to_bytes(8, "little", signed=True)))
 
 
 def chunk_folder(root: Path, source: str, identity: object, store_px: int | None, quality: int) -> Path:
@@ -109,7 +116,7 @@ def write(plan: Plan, workers: int, progress: bool) -> None:
                         bad.append((plan.files[start + k][0], why))
                         continue
                     label = -1 if plan.labels is None else plan.labels[start + k]
-                    writer[count] = {"jpeg": data, "label": label}
+                    writer[count] = {"jpeg": data, "label": label, "crc": item_crc(data, label)}
                     labels.append(label)
                     count += 1
                 bar.advance(task, len(batch))
