@@ -58,6 +58,12 @@ def test_a_resume_on_changed_data_is_refused_then_allowed_with_monotonic_steps(t
     assert fingerprint.stored(header(run / runs.LAST)[fingerprint.HEADER]).count == 20
 
 
+def test_allow_data_change_without_resume_is_one_line(tmp_path):
+    result = pretrain(make_folder(tmp_path / "imgs", per_class=2), tmp_path / "run", "tensor", "--allow-data-change")
+    assert result.exit_code == 2 and len(lines(result)) == 1 and "only applies to --resume" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_touched_file_is_a_change_too(tmp_path):
     folder, run = make_folder(tmp_path / "imgs"), tmp_path / "run"
     assert pretrain(folder, run, "tensor", "--set", "train.epochs=1").exit_code == 0

@@ -188,3 +188,6 @@ def test_a_killed_chunk_writers_temporary_folder_goes_with_the_next_write(tmp_pa
     spec = spec_for(tmp_path / "imgs", tmp_path / "cache", "data.storage=chunks", "data.workers=0")
     assert chunkread.open_chunks(storage.written(spec.data, False)).count == 80
     assert not dead.exists() and live.is_dir() and other.is_dir()
+    dead.mkdir()  # a dead writer's folder of another key: swept by a run that finds its own chunks whole
+    storage.written(spec.data, False)
+    assert not dead.exists()

@@ -81,6 +81,8 @@ def pretrain(
 
     explicit = flag_overrides(None, affine, components, dataset, backbone, epochs, batch_size, limit, seed, device)
     explicit += list(set_ or [])
+    if allow_data_change and not resume:
+        raise UserError("--allow-data-change only applies to --resume (a new run fingerprints the data it finds)")
     if resume:  # the run's own spec; flags may only repeat it or change RESUMABLE fields
         if out_dir is None:
             raise UserError("--resume needs --out RUN, the folder of the run to continue")

@@ -8,7 +8,7 @@ labels, classes, the images skipped as unreadable). The key is a sha256 of the s
 to the source or to those settings writes new chunks, as the tensor cache is invalidated. The folder
 is written under a temporary name, .<key>.<host>.<pid>.tmp, and renamed into place: it exists only
 once complete. A writer killed before the end (SIGKILL, OOM) leaves its temporary folder; the next
-write on that host removes every one whose process is gone. A complete folder whose metadata was
+run on that host that uses chunks removes every one whose process is gone. A complete folder whose metadata was
 damaged later (affssl.json or index.json deleted, truncated or edited) is found by `damage`, named in
 one line, moved aside and written again from the source images.
 
@@ -92,12 +92,12 @@ def write(plan: Plan, workers: int, progress: bool) -> None:
     """Write plan.folder unless it is there; raises DataError when more than max_bad_frac of the images are bad."""
     from litdata.streaming.writer import BinaryWriter
 
+    remove_dead_writers(plan.folder.parent)  # on every run: a killed writer's folder may be of another key
     problem = damage(plan.folder)
     if not problem:
         return
     if problem != ABSENT:
         _rebuild_note(plan.folder, problem)
-    remove_dead_writers(plan.folder.parent)
     tmp = plan.folder.with_name(f".{plan.folder.name}.{os.uname().nodename}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
