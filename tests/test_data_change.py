@@ -7,14 +7,15 @@ deleted (or one file touched) before `--resume`, on both storages.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 from conftest import header
-from test_chunks import TINY, make_folder
+from test_chunks import TINY, make_folder, spec_for
 from typer.testing import CliRunner
 
-from affssl import runs
+from affssl import faults, runs
 from affssl.cli import app
 from affssl.data import fingerprint
 
@@ -74,3 +75,30 @@ def test_a_touched_file_is_a_change_too(tmp_path):
     assert "the same 48 images, other files, sizes or mtimes" in refused.output
     unchanged = pretrain(folder, run, "tensor", "--resume", "--set", "train.epochs=2", "--set", "data.cache=false")
     assert unchanged.exit_code == 2  # the fingerprint does not depend on the decode cache
+
+
+def test_a_run_stopped_inside_an_epoch_starts_that_epoch_over_on_the_changed_data(tmp_path, monkeypatch):
+    from affssl.engine import pretrain as train
+
+    folder, run = make_folder(tmp_path / "imgs"), tmp_path / "run"
+    spec = spec_for(folder, tmp_path / "cache", "data.storage=tensor", "train.epochs=3")
+    append = runs.append_metrics
+
+    def append_then_signal(path, record):
+        append(path, record)
+        if record.get("kind") == "step" and record["step"] == 5:  # inside epoch 2 (3 steps an epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(runs, "append_metrics", append_then_signal)
+    with pytest.raises(faults.Preempted):
+        train(spec, run, show_progress=False)
+    monkeypatch.undo()
+    assert int(header(run / runs.LAST)["epoch_step"]) == 2
+    for path in sorted(folder.rglob("*.jpg"))[:16]:  # 32 images left: 2 steps an epoch
+        path.unlink()
+    with pytest.raises(fingerprint.DataChanged, match="48 → 32 training images"):
+        train(spec, run, resume=True, show_progress=False)
+    train(spec, run, resume=True, show_progress=False, allow_data_change=True)
+    records = runs.read_metrics(run)
+    assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [(r["epoch"], r["step"]) for r in records if r["kind"] == "epoch"] == [(1, 3), (2, 7), (3, 9)]
