@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from affssl import checkpoint, convguard, distributed, faults, hostmem, loggers, monitor, precision, runenv, runs
-from affssl.data import Dataset, batches, storage
+from affssl.data import Dataset, batches, fingerprint, storage
 from affssl.errors import UserError
 from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
@@ -56,8 +56,13 @@ class Position(NamedTuple):
 
 
 def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool = True,
-             data: Dataset | None = None) -> Path:  # fmt: skip
-    """Train per spec into the run folder; returns the path of the last checkpoint."""
+             data: Dataset | None = None, allow_data_change: bool = False) -> Path:  # fmt: skip
+    """Train per spec into the run folder; returns the path of the last checkpoint.
+
+    A resume on data other than the checkpoint's (affssl.data.fingerprint) raises DataChanged before
+    anything is written, unless `allow_data_change`: then the interrupted epoch starts over on the new
+    data, and the steps go on from the checkpoint's.
+    """
     spec, threads_line = runenv.apply_threads(spec)  # train.threads resolved: what spec.json and checkpoints keep
     loggers.require(spec.train.loggers)  # a missing extra stops the run before anything is written
     torch.manual_seed(spec.train.seed)  # initial weights
@@ -86,13 +91,20 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     guarded = convguard.protect(learner, "backbone", crop_sizes(spec), spec.train.precision, policy.dtype, device)
     optimizer = build_optimizer(learner.optim_groups(), spec.optim, fused=device.type == "cuda")
     start_epoch, position, resume_step, notes = 0, None, None, [threads_line if show_progress else None]
+    offset = 0  # steps before epoch 0 of this count of batches: ≠ 0 only on a resume on changed data
     if resume:
         tensors, header = checkpoint.load(run / runs.LAST, expect=checkpoint.TRAIN_FORMAT)
+        changed = fingerprint.check(fingerprint.stored(header.get(fingerprint.HEADER)), feed.fingerprint,
+                                    spec.data.dataset, allow_data_change)  # fmt: skip
         learner.load_state_dict(checkpoint.strip_prefix("model", tensors), strict=True)
         checkpoint.restore_optimizer(optimizer, tensors)
         start_epoch, resume_step = int(header["epoch"]), int(header["step"])
         notes.append(runenv.resume_line(header))
-        position = read_position(run / runs.LAST, header, tensors, device)
+        position = None if changed else read_position(run / runs.LAST, header, tensors, device)
+        offset = resume_step - start_epoch * steps_per_epoch if changed else 0  # steps go on from resume_step
+        total_steps += offset
+        if distributed.is_main():
+            runs.write_spec(run, spec)  # records a changed RESUMABLE field (e.g. more epochs)
         if distributed.is_main():  # lines past the checkpoint are replayed, not duplicated
             kept = [r for r in runs.read_metrics(run) if r.get("step", 0) <= int(header["step"])]
             runs.rewrite_metrics(run, kept)
@@ -105,6 +117,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
     notes.append(monitor.startup_line(subset, spec) if show_progress else None)
     watcher = monitor.Monitor(subset, spec, policy, device) if subset is not None else None
     watch, shown, status = Watch(run, spec, resume_step), "", ""  # the progress line: loss and img/s, the monitor's
+    seen = feed.fingerprint.as_text() if feed.fingerprint is not None else None
 
     # Notes once the run is sure to start (an error before it stays one line): threads, load, guarded layers.
     notes.append(runenv.busy_line(spec.train.threads, device))
@@ -139,7 +152,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
             watch.record({"kind": "params", **counts, "head_overhead_frac": counts["head"] / counts["total"]})
         # what decides the bits besides the spec (threads, CPU ISA, torch), at each start or resume
         watch.record({"kind": "host", "step": resume_step or 0, **runenv.fingerprint()})
-        task = progress.add_task("pretrain", total=total_steps, completed=start_epoch * steps_per_epoch + done,
+        task = progress.add_task("pretrain", total=total_steps, completed=offset + start_epoch * steps_per_epoch + done,
                                  status="")  # fmt: skip
         for epoch in range(start_epoch, spec.train.epochs):
             learner.train()
@@ -159,7 +172,7 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
             order = list(batches(feed.count, spec.train.batch_size, g_order))  # the permutation, drawn whole
             lo, hi = rank * local_batch, (rank + 1) * local_batch  # this process's rows of each batch
             for i, (x, sizes) in enumerate(feed.epoch(order, lo, hi, skip), start=skip):  # skip: trained before
-                step = epoch * steps_per_epoch + i
+                step = offset + epoch * steps_per_epoch + i
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, steps_per_epoch, spec.optim) * group["lr_scale"]
                 with policy.autocast():  # x: (b, C, S, S) uint8, or whole images padded with their sizes (b, 2)
@@ -193,13 +206,13 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
                 if (signum or save_now) and i + 1 < steps_per_epoch:
                     summary = {"epoch": epoch, "step": step + 1, "epoch_step": i + 1}
                     save_position(last, learner, optimizer, spec, summary, {"views": g_views, **g_objectives}, sums,
-                                  guard)  # fmt: skip
+                                  guard, seen)  # fmt: skip
                     if signum:
                         raise faults.preempted(signum, run, step + 1, epoch + 1)
             seconds = time.perf_counter() - t_epoch
             means = distributed.mean(torch.stack(list(sums.values())))
             summary = {k: v.item() / steps_per_epoch for k, v in zip(sums, means, strict=True)}
-            summary |= {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "epoch_time_s": seconds,
+            summary |= {"epoch": epoch + 1, "step": offset + (epoch + 1) * steps_per_epoch, "epoch_time_s": seconds,
                         "img_per_s": steps_per_epoch * spec.train.batch_size / seconds}  # fmt: skip
             check_finite(learner, optimizer, summary["step"], guard)
             scores = watcher.score(learner) if watcher and monitor.due(spec, epoch + 1) else {}  # all ranks
@@ -208,9 +221,10 @@ def pretrain(spec: RunSpec, run: Path, resume: bool = False, show_progress: bool
             watch.record({"kind": "epoch", **summary, **scores})
             watch.epoch_end(final=epoch + 1 == spec.train.epochs)
             if distributed.is_main():
-                save_checkpoint(last, learner, optimizer, spec, summary)
+                save_checkpoint(last, learner, optimizer, spec, summary, data_fingerprint=seen)
                 if (epoch + 1) % spec.train.checkpoint_every == 0 or epoch + 1 == spec.train.epochs:
-                    save_checkpoint(runs.epoch_checkpoint(run, epoch + 1), learner, optimizer, spec, summary)
+                    save_checkpoint(runs.epoch_checkpoint(run, epoch + 1), learner, optimizer, spec, summary,
+                                    data_fingerprint=seen)  # fmt: skip
             distributed.barrier()
             if signum and epoch + 1 < spec.train.epochs:
                 raise faults.preempted(signum, run, summary["step"], epoch + 1)
@@ -251,7 +265,8 @@ def check_finite(learner: Learner, optimizer: torch.optim.Optimizer, step: int,
 
 def save_position(path: Path, learner: Learner, optimizer: torch.optim.Optimizer, spec: RunSpec, summary: dict,
                   gens: dict[str, torch.Generator], sums: dict[str, Tensor],
-                  guard: faults.DivergenceGuard | None = None) -> None:  # fmt: skip
+                  guard: faults.DivergenceGuard | None = None,
+                  data_fingerprint: str | None = None) -> None:  # fmt: skip
     """A checkpoint inside an epoch: the state plus every process's generators (views and each objective's, by
     purpose: position.views, position.affine, position.rotation, position.care) and metric sums (a collective)."""
     check_finite(learner, optimizer, summary["step"], guard)
@@ -259,7 +274,8 @@ def save_position(path: Path, learner: Learner, optimizer: torch.optim.Optimizer
     per_rank = {name: g.get_state() for name, g in gens.items()} | {"sums": torch.stack(list(sums.values()))}
     tensors = {f"position.{k}": distributed.stack(v.to(device)).cpu() for k, v in per_rank.items()}  # (world, …)
     if distributed.is_main():
-        save_checkpoint(path, learner, optimizer, spec, summary | {"position_sums": list(sums)}, tensors)
+        save_checkpoint(path, learner, optimizer, spec, summary | {"position_sums": list(sums)}, tensors,
+                        data_fingerprint)  # fmt: skip
     distributed.barrier()
 
 
@@ -285,11 +301,14 @@ def read_position(path: Path, header: dict[str, str], tensors: dict[str, Tensor]
 
 
 def save_checkpoint(path: Path, learner: Learner, optimizer: torch.optim.Optimizer, spec: RunSpec,
-                    summary: dict, position: dict[str, Tensor] | None = None) -> None:  # fmt: skip
-    """`position` (tensors position.*) and summary's epoch_step, position_sums: a checkpoint inside an epoch."""
+                    summary: dict, position: dict[str, Tensor] | None = None,
+                    data_fingerprint: str | None = None) -> None:  # fmt: skip
+    """`position` (tensors position.*) and summary's epoch_step, position_sums: a checkpoint inside an epoch.
+    `data_fingerprint`: what the run trains on (affssl.data.fingerprint), checked by --resume."""
     tensors = checkpoint.with_prefix("model", learner.state_dict()) | checkpoint.optimizer_tensors(optimizer)
     tensors |= position or {}
     inside = {k: summary[k] for k in ("epoch_step", "position_sums") if k in summary}
+    inside |= {fingerprint.HEADER: data_fingerprint} if data_fingerprint is not None else {}
     meta = checkpoint.metadata_json(format=checkpoint.TRAIN_FORMAT, spec=spec.model_dump_json(), epoch=summary["epoch"],
                                     step=summary["step"], metrics=summary, **inside,
                                     **runenv.fingerprint())  # fmt: skip

@@ -6,10 +6,17 @@ a container), so a lock file left by a killed run is stale: the next writer find
 takes it over. The holder deletes the file when it finishes. Under torchrun only rank 0 takes it.
 flock is advisory and per open file: a second `hold` of the same run, even in the same process,
 is refused.
+
+The lock belongs to the process that took it, not to its children: loader workers are forked, and a
+forked child shares the locked open file (a flock lasts while any process holds it), so after a
+SIGKILL of the run its workers kept the run locked until they ended. Every fork closes the child's
+copy at once (os.register_at_fork), which leaves the lock with the parent alone; an exec'd child
+never gets it (the descriptor is close-on-exec, Python's default).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -20,6 +27,18 @@ from pathlib import Path
 
 from affssl.errors import UserError, write_failed
 from affssl.runs import LOCK
+
+_held: set[int] = set()  # lock descriptors this process holds; a forked child closes its copies
+
+
+def _close_in_child() -> None:
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the child's reference only: the parent keeps the lock (never LOCK_UN here)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunLockedError(UserError):
@@ -37,10 +56,12 @@ def hold(run: Path) -> Iterator[str | None]:
         fd, stale = _acquire(path)
     except OSError as err:
         raise write_failed(path, err) from None
+    _held.add(fd)
     try:
         yield stale
     finally:
         path.unlink(missing_ok=True)  # unlink while still holding, so no one locks a file about to vanish
+        _held.discard(fd)
         os.close(fd)
 
 

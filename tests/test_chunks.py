@@ -158,6 +158,12 @@ def test_bad_images_are_skipped_counted_and_stop_the_run_past_max_bad_frac(tmp_p
     assert "skipped 2 unreadable image(s)" in ran.output and "zz-junk.jpg" in ran.output
     saved = json.loads((tmp_path / "run" / runs.SPEC).read_text())["data"]
     assert saved["bad_count"] == 2 and [Path(p).name for p in saved["bad_first"]] == ["zz-cut.jpg", "zz-junk.jpg"]
+    # the chunks (2 skipped) exist now; a run under the default limit checks the recorded skips against it
+    again = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "strict-again")])
+    lines = [line for line in again.output.splitlines() if line.strip()]
+    assert again.exit_code == 2 and len(lines) == 1, again.output
+    assert "2 of 34 images" in lines[0] and "data.max_bad_frac 0.001" in lines[0] and "zz-cut.jpg" in lines[0]
+    assert not (tmp_path / "strict-again").exists()
 
 
 def test_a_truncated_chunk_file_ends_with_one_line_naming_it(tmp_path, folder):
@@ -174,6 +180,50 @@ def test_a_truncated_chunk_file_ends_with_one_line_naming_it(tmp_path, folder):
                                                     "data.storage=chunks"] for a in ("--set", o)]])  # fmt: skip
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and chunk.name in lines[0] and "rebuild" in lines[0], lines
+
+
+@pytest.mark.parametrize(("name", "how"), [("index.json", "delete"), ("index.json", "truncate"),
+                                         ("affssl.json", "delete"), ("affssl.json", "truncate")])  # fmt: skip
+def test_damaged_chunk_metadata_is_named_in_one_line_and_rebuilt(tmp_path, folder, name, how):
+    sets = [*TINY, f"data.dataset={folder}", f"data.root={tmp_path / 'cache'}", "data.storage=chunks",
+            "data.workers=0", "train.epochs=1"]  # fmt: skip
+    written = storage.written(spec_for(folder, tmp_path / "cache", "data.storage=chunks").data, False)
+    path = written / name
+    path.unlink() if how == "delete" else os.truncate(path, path.stat().st_size // 2)
+    with pytest.raises(chunkread.ChunkError, match=f"{name} is (missing|unreadable).*delete .* rebuild"):
+        chunkread.open_chunks(written)
+    result = CliRunner().invoke(app, ["pretrain", "--no-progress", "--out", str(tmp_path / "run"),
+                                      *[a for o in sets for a in ("--set", o)]])  # fmt: skip
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    notes = [line for line in result.output.splitlines() if "are damaged (" in line]
+    assert len(notes) == 1 and name in notes[0] and "rebuilding" in notes[0], result.output
+    assert chunkread.open_chunks(written).count == 48  # whole again, in place
+    assert not list(written.parent.glob(".*.tmp"))
+
+
+def test_every_single_byte_flip_in_a_chunk_ends_with_one_line(tmp_path, folder):
+    # 20 flips spread over the chunk file (header, offsets, labels, JPEG bytes); each alone, then undone
+    written = storage.written(spec_for(folder, tmp_path / "cache", "data.storage=chunks").data, False)
+    chunks = chunkread.open_chunks(written)
+    (chunk,) = written.glob("chunk-*.bin")
+    original = chunk.read_bytes()
+    positions = torch.randperm(len(original), generator=torch.Generator().manual_seed(0))[:20].tolist()
+    every = [torch.arange(chunks.count)[k : k + 16] for k in range(0, chunks.count, 16)]
+    silent = []
+    for at in positions:
+        flipped = bytearray(original)
+        flipped[at] ^= 0xFF
+        chunk.write_bytes(flipped)
+        feed = chunkread.ChunkFeed(chunks, torch.arange(chunks.count), torch.device("cpu"), workers=0)
+        try:
+            list(feed.epoch(every, 0, 16, 0))
+            silent.append(at)
+        except chunkread.ChunkError as err:
+            assert "\n" not in str(err) and "rebuild" in str(err) and str(written) in str(err), err
+    chunk.write_bytes(original)
+    assert silent == [], f"flips at bytes {silent} of {len(original)} were read without a word"
+    list(chunkread.ChunkFeed(chunks, torch.arange(chunks.count), torch.device("cpu"), workers=0).epoch(every, 0, 16,
+                                                                                                     0))  # fmt: skip
 
 
 def test_chunks_without_litdata_ends_with_one_line_naming_the_extra(tmp_path, monkeypatch, folder):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 
 import numpy as np
@@ -282,6 +283,40 @@ def test_evaluate_linear_writes_record_and_reuses_cache(tiny_checkpoint, tmp_pat
     assert first["checkpoint"]["sha256"] == features.file_sha256(ckpt) and first["seeds"] == [0, 1]
     assert first["spec"]["backbone"]["width"] == 8
     assert (tmp_path / "eval" / "linear-digits.json").is_file()
+
+
+def test_eval_scores_records_and_caches_the_one_checkpoint_it_opened(tiny_checkpoint, tmp_path, monkeypatch):
+    # A run replaces last.safetensors (step 7, other weights) after the eval opened it, while it loads data:
+    # the weights scored, the sha256 and step recorded and the cached features are all the opened file's.
+    from safetensors.torch import load_file, save_file
+
+    from affssl.eval import session
+
+    newer = tmp_path / "newer.safetensors"
+    meta = features.open_source(tiny_checkpoint).header | {"step": "7"}
+    save_file({k: v + 0.5 if v.is_floating_point() else v for k, v in load_file(tiny_checkpoint).items()}, newer,
+              metadata=meta)  # fmt: skip
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "raced").mkdir()
+    alone, raced = tmp_path / "alone" / "last.safetensors", tmp_path / "raced" / "last.safetensors"
+    shutil.copy(tiny_checkpoint, alone)
+    shutil.copy(tiny_checkpoint, raced)
+    want = evaluate_knn(alone, data=_dataset(), device="cpu")
+    load = session.load_eval_data
+
+    def replaced_meanwhile(*args, **kwargs):
+        os.replace(newer, raced)  # as the run's atomic checkpoint write does
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(session, "load_eval_data", replaced_meanwhile)
+    got = evaluate_knn(raced, data=_dataset(), device="cpu")
+    assert got["checkpoint"]["sha256"] == features.file_sha256(alone) != features.file_sha256(raced)
+    assert got["checkpoint"]["step"] == want["checkpoint"]["step"] != "7"
+    assert got["result"] == want["result"]
+    (cached,) = (tmp_path / "raced" / "eval" / "cache").glob("*train*")
+    (reference,) = (tmp_path / "alone" / "eval" / "cache").glob("*train*")
+    assert cached.name == reference.name  # the same key: the opened file's hash and the same images
+    assert torch.equal(load_file(cached)["features"], load_file(reference)["features"])
 
 
 def test_evaluate_knn_and_affine_records(tiny_checkpoint, tmp_path):

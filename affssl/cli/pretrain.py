@@ -63,6 +63,9 @@ def pretrain(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
+    allow_data_change: Annotated[
+        bool, typer.Option("--allow-data-change", help="With --resume: go on although the data changed.")
+    ] = False,
     print_spec: Annotated[bool, typer.Option("--print-spec", help="Print the resolved spec as TOML and exit.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     preview: Annotated[
@@ -86,6 +89,8 @@ def pretrain(
                               aux)  # fmt: skip
     explicit += [] if threads is None else [f"train.threads={json.dumps(runenv.threads_option(threads))}"]
     explicit += list(set_ or [])
+    if allow_data_change and not resume:
+        raise UserError("--allow-data-change only applies to --resume (a new run fingerprints the data it finds)")
     if resume:  # the run's own spec; flags may only repeat it or change RESUMABLE fields
         if out_dir is None:
             raise UserError("--resume needs --out RUN, the folder of the run to continue")
@@ -113,13 +118,12 @@ def pretrain(
         undo.arm()  # the folder is this command's now: a failure before its first checkpoint removes what it made
         if stale:
             err.print(f"note: took over the lock of a run that ended without releasing it ({escape(stale)})")
-        if distributed.is_main() and resume:
-            runs.write_spec(run, spec)  # records a changed RESUMABLE field (e.g. more epochs)
         if distributed.is_main() and not resume:
             runs.prepare(run, resume=False, overwrite=overwrite)
         distributed.barrier()
         t0 = time.perf_counter()
-        last = run_pretrain(spec, run, resume=resume, show_progress=progress, data=data)
+        last = run_pretrain(spec, run, resume=resume, show_progress=progress, data=data,
+                            allow_data_change=allow_data_change)  # fmt: skip
     if distributed.is_main():
         summary = [r for r in runs.read_metrics(run) if r.get("kind") == "epoch"][-1]
         epochs = f"{spec.train.epochs} epoch{'s' * (spec.train.epochs != 1)}"

@@ -14,7 +14,10 @@ nvJPEG call (`decode_jpeg(list, device="cuda")`). Either way a batch is whole im
 
 A chunk file cut short (a copy interrupted, a full disk) is found when the chunks are opened (its
 size differs from index.json) or, if it happens later, when a batch cannot be read: both end the run
-with one line naming the file and how to rebuild.
+with one line naming the file and how to rebuild. A flipped byte (a disk or a copy at fault) keeps
+the size: every item read is checked against the CRC-32 stored beside it (chunkwrite.item_crc), so
+it ends the run the same way instead of training on a changed image. The check reads only the bytes
+read anyway; its cost is in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from torch.utils.data import DataLoader
 
 from affssl import cpus
 from affssl.data import crops
-from affssl.data.chunkwrite import META
+from affssl.data import workers as loader_workers
+from affssl.data.chunkwrite import META, damage, item_crc
 from affssl.data.dataset import DataError
+from affssl.data.fingerprint import Fingerprint
 
 
 class ChunkError(DataError):
@@ -50,7 +55,10 @@ class ChunkSet:
 
 
 def open_chunks(folder: Path) -> ChunkSet:
-    """The chunk set in folder, after checking every chunk file is whole."""
+    """The chunk set in folder, after checking its metadata and that every chunk file is whole."""
+    if problem := damage(folder):
+        raise ChunkError(f"the chunks in {folder} are damaged ({problem}); delete {folder} and run again to "
+                         "rebuild them from the source images")  # fmt: skip
     check_files(folder)
     meta = json.loads((folder / META).read_text())
     labels = None if meta["labels"] is None else torch.tensor(meta["labels"], dtype=torch.int64)
@@ -79,17 +87,22 @@ def default_workers() -> int:
 class ChunkFeed:
     """Batches of whole images from a chunk set, for the engine (affssl.data.storage)."""
 
-    def __init__(self, chunks: ChunkSet, items: Tensor, device: torch.device, workers: int):
+    def __init__(self, chunks: ChunkSet, items: Tensor, device: torch.device, workers: int,
+                 seen: Fingerprint | None = None, cap_px: int | None = None):  # fmt: skip
+        """`cap_px`: decoded short sides above it are resized to it before a batch is padded (affssl.data.crops)."""
         self.chunks, self.items, self.device, self.workers = chunks, items, device, workers
+        self.cap_px = cap_px
         self.count = len(items)  # training images (after data.limit)
+        self.fingerprint = seen  # of the source's files (affssl.data.fingerprint)
 
     def epoch(self, batches: list[Tensor], lo: int, hi: int, skip: int) -> Iterator[tuple[Tensor, Tensor]]:
         """(x (b, 3, H_max, W_max) uint8, sizes (b, 2)) on the device for batches[skip:], rows lo:hi of each."""
         on_device = self.device.type == "cuda"
         sampler = [self.items[b[lo:hi].cpu()].tolist() for b in batches[skip:]]
-        reader = _Reader(self.chunks.folder, decode=not on_device)
+        reader = _Reader(self.chunks.folder, decode=not on_device, cap_px=self.cap_px)
         loader = DataLoader(reader, batch_sampler=sampler, num_workers=self.workers, collate_fn=_same,
-                            pin_memory=on_device, generator=torch.Generator())  # fmt: skip  # not the global RNG
+                            pin_memory=on_device, generator=torch.Generator(),  # not the global RNG
+                            worker_init_fn=loader_workers.init_fn())  # fmt: skip
         it = iter(loader)
         while True:
             try:
@@ -104,7 +117,7 @@ class ChunkFeed:
             if on_device:  # one batched nvJPEG call for the whole batch
                 from torchcodec.decoders import decode_jpeg
 
-                x, sizes = crops.pad(decode_jpeg(got, mode="RGB", device=self.device))
+                x, sizes = crops.pad(decode_jpeg(got, mode="RGB", device=self.device), self.cap_px)
             else:
                 x, sizes = got
             yield x.to(self.device, non_blocking=True), sizes.to(self.device)
@@ -113,8 +126,8 @@ class ChunkFeed:
 class _Reader(torch.utils.data.Dataset):
     """Map-style view of the chunks: a batch of item indices → padded decoded images, or their bytes."""
 
-    def __init__(self, folder: Path, decode: bool):
-        self.folder, self.decode, self.dataset = folder, decode, None
+    def __init__(self, folder: Path, decode: bool, cap_px: int | None = None):
+        self.folder, self.decode, self.cap_px, self.dataset = folder, decode, cap_px, None
 
     def __len__(self) -> int:
         return len(self._open())
@@ -130,13 +143,17 @@ class _Reader(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor] | list[Tensor]:
         ds = self._open()
-        raw = [torch.frombuffer(bytearray(ds[i]["jpeg"]), dtype=torch.uint8) for i in indices]  # (n_i,) each
+        items = [ds[i] for i in indices]
+        for i, item in zip(indices, items, strict=True):
+            if item_crc(item["jpeg"], item["label"]) != item["crc"]:
+                raise ChunkError(f"item {i} fails its checksum (a flipped byte in its chunk file)")
+        raw = [torch.frombuffer(bytearray(item["jpeg"]), dtype=torch.uint8) for item in items]  # (n_i,) each
         if not self.decode:
             return raw
         from torchcodec.decoders import decode_jpeg
 
         try:
-            return crops.pad(decode_jpeg(raw, mode="RGB"))  # (B, 3, H_max, W_max), (B, 2)
+            return crops.pad(decode_jpeg(raw, mode="RGB"), self.cap_px)  # (B, 3, H_max, W_max), (B, 2)
         except RuntimeError as err:
             raise ChunkError(f"an image of items {indices[0]}… cannot be decoded ({_first_line(err)})") from None
 

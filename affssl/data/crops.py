@@ -16,7 +16,11 @@ float32 draws, as torchvision computes it in Python floats.
 
 Images of a batch differ in size, so they travel as one zero-padded (B, 3, H_max, W_max) uint8
 tensor plus their (B, 2) sizes; the boxes stay inside each image, so the padding is never sampled
-(augment.resized_crop_flip clamps to the box's edge pixel centres).
+(augment.resized_crop_flip clamps to the box's edge pixel centres). Before padding, an image whose
+short side is above `cap_px` (the chunk reader passes CAP_FACTOR × the training size) is resized
+(antialiased) to it, aspect kept: one 6000 × 6000 px image among CIFAR's padded its whole batch to
+6000 px (6.9 GB uint8, 27.6 GB once float). The cap costs no crop its resolution: a crop covers at
+least scale[0] = 8 % of the area, so at 4 × S its side is ≥ 1.1 × S px, still shrunk to S.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
 
 ATTEMPTS = 10  # RandomResizedCrop's tries before its centre-crop fallback
+CAP_FACTOR = 4  # decoded short sides above CAP_FACTOR × the training size are resized to it before padding
 
 
 class Draws(NamedTuple):
@@ -74,8 +80,12 @@ def crop_boxes(sizes: Tensor, scale: tuple[float, float], ratio: tuple[float, fl
     return boxes_from(draw(sizes.shape[0], scale, ratio, gen), sizes[:, 0], sizes[:, 1], ratio)
 
 
-def pad(images: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """(3, h_i, w_i) uint8 images → (B, 3, H_max, W_max) uint8 zero-padded at the bottom right, and sizes (B, 2)."""
+def pad(images: list[Tensor], cap_px: int | None = None) -> tuple[Tensor, Tensor]:
+    """(3, h_i, w_i) uint8 images → (B, 3, H_max, W_max) uint8 zero-padded at the bottom right, and sizes (B, 2).
+
+    `cap_px`: a short side above it is resized to it first (antialiased, aspect kept)."""
+    if cap_px is not None:
+        images = [TF.resize(img, cap_px, antialias=True) if min(img.shape[-2:]) > cap_px else img for img in images]
     sizes = torch.tensor([img.shape[-2:] for img in images], dtype=torch.int64)  # (B, 2)
     h_max, w_max = sizes.amax(0).tolist()
     out = images[0].new_zeros(len(images), 3, h_max, w_max)  # (B, 3, H_max, W_max)

@@ -4,10 +4,14 @@ unreadable images (data.max_bad_frac) both storages and every command apply."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from affssl.errors import UserError
+
+if TYPE_CHECKING:
+    from affssl.data.fingerprint import Fingerprint
 
 
 class DataError(UserError):
@@ -31,6 +35,7 @@ class Dataset:
     test: Split | None
     classes: tuple[str, ...]  # empty for unlabelled
     skipped: tuple[Bad, ...] = ()  # unreadable images left out of the splits (within data.max_bad_frac)
+    fingerprint: Fingerprint | None = None  # of the source's files (affssl.data.fingerprint); None: not known
 
 
 # (train, test, classes, unreadable images left out) as a source builds them

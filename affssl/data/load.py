@@ -7,6 +7,7 @@ only). Randomness takes explicit Generators.
 
 from __future__ import annotations
 
+from affssl.data import fingerprint
 from affssl.data.batches import subset
 from affssl.data.cache import cache_dir, through_cache
 from affssl.data.dataset import Dataset, check_bad
@@ -21,8 +22,9 @@ def load_dataset(spec: DataSpec, seed: int = 0, progress: bool = False) -> Datas
     recorded, not counted); the Dataset lists them."""
     source, identify, build = plan(spec, cache_dir(spec), progress)
     train, test, classes, skipped = through_cache(spec, source, identify, build) if spec.cache else build()
+    seen = fingerprint.of([source, identify()], len(train.images))  # the source, before the limit
     total = len(train.images) + (0 if test is None else len(test.images)) + len(skipped)
     check_bad(skipped, total, spec.max_bad_frac, spec.bad_first)  # the cache may hold a set decoded under another limit
     if spec.limit is not None:
         train = subset(train, spec.limit, seed)
-    return Dataset(name=spec.dataset, train=train, test=test, classes=classes, skipped=skipped)
+    return Dataset(name=spec.dataset, train=train, test=test, classes=classes, skipped=skipped, fingerprint=seen)

@@ -69,7 +69,7 @@ def decode_training_rows(
     feed: ChunkFeed, rows: Tensor, size: int, batch: int, advance: Callable[[int], None]
 ) -> Tensor:
     """Rows (n,) of the feed's training items → (n, 3, S, S) uint8, decoded on the CPU by the feed's loader workers."""
-    reader = ChunkFeed(feed.chunks, feed.items, torch.device("cpu"), feed.workers)
+    reader = ChunkFeed(feed.chunks, feed.items, torch.device("cpu"), feed.workers, cap_px=feed.cap_px)
     out = torch.empty(len(rows), 3, size, size, dtype=torch.uint8)  # (n, 3, S, S)
     start = 0
     for x, sizes in reader.epoch(list(rows.split(batch)), 0, batch, 0):  # x (b, 3, H_max, W_max), sizes (b, 2)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
 from torch import Tensor
 
 from affssl import distributed
-from affssl.data import chunkwrite, imagenet
+from affssl.data import chunkwrite, crops, fingerprint, imagenet
 from affssl.data.batches import stratified
 from affssl.data.cache import cache_dir
 from affssl.data.dataset import SHOW_BAD, Dataset, skipped_line
@@ -33,6 +34,9 @@ from affssl.data.folders import identity, scan_folder
 from affssl.data.load import load_dataset
 from affssl.data.sources import CALTECH101_SKIP, TORCHVISION, caltech101_folder
 from affssl.spec import DataSpec, RunSpec
+
+if TYPE_CHECKING:
+    from affssl.data.chunkread import ChunkSet
 
 AUTO_SHARE = 0.5  # of RAM (and of CUDA memory) the decoded set may take for auto to pick tensor
 IN_MEMORY = ("digits", *TORCHVISION)
@@ -45,6 +49,7 @@ class TensorFeed:
         self.data = data
         self.images = data.train.images.to(device)  # (N, C, S, S) uint8, resident for the whole run
         self.count = self.images.shape[0]
+        self.fingerprint = data.fingerprint
 
     def epoch(self, batches: list[Tensor], lo: int, hi: int, skip: int) -> Iterator[tuple[Tensor, None]]:
         for index in batches[skip:]:
@@ -63,7 +68,9 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
         return _with(spec, storage=storage, **recorded(data)), TensorFeed(data, device)
     from affssl.data.chunkread import ChunkFeed, default_workers, open_chunks
 
-    chunks = open_chunks(written(spec.data, progress))
+    folder, seen = _write(spec.data, progress)
+    chunks = open_chunks(folder)
+    check_skips(chunks, spec.data)
     _say(choice)
     items = torch.arange(chunks.count)
     if spec.data.limit is not None and spec.data.limit < chunks.count:  # as affssl.data.batches.subset draws it
@@ -78,7 +85,7 @@ def prepare(spec: RunSpec, device: torch.device, data: Dataset | None, progress:
              f"{spec.data.max_bad_frac:g}): {', '.join(chunks.bad_first)}{more}")  # fmt: skip
     workers = default_workers() if spec.data.workers is None else spec.data.workers
     spec = _with(spec, storage=storage, bad_count=chunks.bad, bad_first=chunks.bad_first)
-    return spec, ChunkFeed(chunks, items, device, workers)
+    return spec, ChunkFeed(chunks, items, device, workers, seen, cap_px=crops.CAP_FACTOR * spec.data.image_size_px)
 
 
 def settle(spec: RunSpec, device: torch.device, progress: bool) -> tuple[RunSpec, Dataset | None]:
@@ -88,8 +95,10 @@ def settle(spec: RunSpec, device: torch.device, progress: bool) -> tuple[RunSpec
     if storage == "tensor":
         data = load_dataset(spec.data, seed=spec.train.seed, progress=progress)
     else:
+        from affssl.data.chunkread import open_chunks
+
         data = None
-        written(spec.data, progress)  # bad images found here stop the run before its folder exists
+        check_skips(open_chunks(written(spec.data, progress)), spec.data)  # bad images stop the run here
     if reason and distributed.is_main():
         _say(f"data.storage {spec.data.storage} → {storage}: {reason}")
     if data is not None and distributed.is_main():
@@ -106,6 +115,19 @@ def recorded(data: Dataset) -> dict[str, object]:
 
 def skipped_note(spec: RunSpec, data: Dataset) -> str:
     return skipped_line(data.skipped, spec.data.dataset, spec.data.max_bad_frac) if data.skipped else ""
+
+
+def check_skips(chunks: ChunkSet, data: DataSpec) -> None:
+    """DataError when the images skipped while the chunks were written (by any run, under its own limit)
+    are more than this run's data.max_bad_frac allows: the limit holds on every run, not only the writer's."""
+    total = chunks.count + chunks.bad
+    if chunks.bad > data.max_bad_frac * total:
+        more = " …" if chunks.bad > len(chunks.bad_first) else ""
+        raise chunkwrite.DataError(
+            f"{chunks.bad} of {total} images ({chunks.bad / total:.2%}) of {data.dataset} were skipped as unreadable "
+            f"when its chunks were written, more than data.max_bad_frac {data.max_bad_frac:g}: "
+            f"{', '.join(chunks.bad_first)}{more}; remove or replace them, or raise data.max_bad_frac"
+        )
 
 
 def filled_in(key: str, planned: object) -> bool:
@@ -146,7 +168,12 @@ def resolve(data: DataSpec, device: torch.device, given: Dataset | None) -> tupl
 
 def written(data: DataSpec, progress: bool) -> Path:
     """The chunk folder of this spec's source, written once per node (or once, in a shared folder)."""
-    files, labels, classes, plan_folder = _plan(data)
+    return _write(data, progress)[0]
+
+
+def _write(data: DataSpec, progress: bool) -> tuple[Path, fingerprint.Fingerprint]:
+    """(the chunk folder, written as `written` says, the fingerprint of the files it was written from)."""
+    files, labels, classes, plan_folder, seen = _plan(data)
     plan = chunkwrite.Plan(files, labels, classes, plan_folder, data.store_px, data.jpeg_quality, data.max_bad_frac)
     workers = data.workers if data.workers is not None else _writer_workers()
     first = distributed.rank() == 0
@@ -160,11 +187,11 @@ def written(data: DataSpec, progress: bool) -> Path:
             chunkwrite.write(plan, workers, progress)
     finally:
         distributed.barrier()
-    return plan.folder
+    return plan.folder, fingerprint.of(*seen)
 
 
-def _plan(data: DataSpec) -> tuple[list, list[int] | None, tuple[str, ...], Path]:
-    """The training files, labels, classes and chunk folder of a folder source."""
+def _plan(data: DataSpec) -> tuple[list, list[int] | None, tuple[str, ...], Path, tuple[list, int]]:
+    """The training files, labels, classes, chunk folder and (identity, count) of a folder source."""
     root = cache_dir(data)
     keep = None if data.classes_file is None else imagenet.read_classes_file(data.classes_file)
     if data.dataset == "caltech101":
@@ -172,8 +199,9 @@ def _plan(data: DataSpec) -> tuple[list, list[int] | None, tuple[str, ...], Path
     else:
         splits, classes, folder = scan_folder(Path(data.dataset).expanduser(), keep=keep)
     files, labels = splits["train"]
-    key = chunkwrite.chunk_folder(root, str(folder), identity(folder, files), data.store_px, data.jpeg_quality)
-    return files, labels, classes, key
+    ids = identity(folder, files)
+    key = chunkwrite.chunk_folder(root, str(folder), ids, data.store_px, data.jpeg_quality)
+    return files, labels, classes, key, ([str(folder), ids], len(files))
 
 
 def _say(line: str) -> None:

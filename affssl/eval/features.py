@@ -1,7 +1,10 @@
 """Frozen features: rebuild a backbone from a file's header alone, extract in eval mode, cache on disk.
 
 A source is a training checkpoint (format affssl.train/1, tensors model.backbone.*) or a backbone
-export (affssl.backbone/1, tensors named as the torchvision model without its classifier). Both carry
+export (affssl.backbone/1, tensors named as the torchvision model without its classifier). The file
+is read once, whole: its header, its sha256 (recorded in results, part of the feature-cache key) and
+the weights evaluated all come from those bytes, so a run that replaces RUN/last.safetensors while an
+eval loads its data cannot make it score one checkpoint and record another. Both carry
 the backbone spec and the input size, so no --arch flag exists. Extraction runs under inference_mode with BatchNorm in
 eval mode (running statistics, not the paper's train-mode quirk), channels_last, the training precision
 policy (bf16 autocast where the hardware has it), images as float
@@ -18,11 +21,12 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_bytes
 from torch import Tensor, nn
 
 from affssl import affine, checkpoint, hostmem, precision
@@ -37,7 +41,7 @@ BACKBONE_PREFIX = "model.backbone"
 
 @dataclass(frozen=True)
 class Source:
-    """What a checkpoint or export header says, plus the file's sha256."""
+    """What a checkpoint or export header says, its sha256 and its model tensors, all from one read of the file."""
 
     path: Path
     format: str  # TRAIN_FORMAT | BACKBONE_FORMAT
@@ -46,6 +50,7 @@ class Source:
     spec: RunSpec | None  # the training spec; an export made by affssl carries it too
     header: dict[str, str]
     sha256: str
+    tensors: dict[str, Tensor] = field(default_factory=dict, repr=False)  # model.* (training) or all (export)
 
     @property
     def eval_dir(self) -> Path:
@@ -61,9 +66,15 @@ def file_sha256(path: Path) -> str:
 
 
 def open_source(path: Path) -> Source:
-    """Read and check the header of a training checkpoint or a backbone export."""
+    """Read a training checkpoint or a backbone export once and check its header."""
     path = Path(path)
-    header = checkpoint.read_header(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass RUN/last.safetensors of a finished run")
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path} could not be read ({err.strerror or err})") from None
+    header = _header_of(blob, path)
     fmt = header.get("format")
     if fmt == TRAIN_FORMAT:
         spec = checkpoint.spec_of(header, path)
@@ -83,23 +94,43 @@ def open_source(path: Path) -> Source:
             f"{path} has format {fmt!r}; pass a training checkpoint ({TRAIN_FORMAT}, RUN/last.safetensors) "
             f"or an `affssl export` file ({BACKBONE_FORMAT})"
         )
-    return Source(path, fmt, backbone, size, spec, header, file_sha256(path))
+    keep = "model." if fmt == TRAIN_FORMAT else ""
+    tensors = {k: v for k, v in _tensors_of(blob, path).items() if k.startswith(keep)}
+    return Source(path, fmt, backbone, size, spec, header, hashlib.sha256(blob).hexdigest(), tensors)
 
 
-def read_tensors(path: Path, prefix: str | None = None) -> dict[str, Tensor]:
-    """The tensors of a safetensors file (those under `prefix.`, with it stripped, when given)."""
-    head = f"{prefix}." if prefix else ""
+def _header_of(blob: bytes, path: Path) -> dict[str, str]:
+    """The metadata of safetensors bytes: an 8-byte little-endian length, then that much JSON."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k[len(head) :]: f.get_tensor(k) for k in f.keys() if k.startswith(head)}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as err:
+        n = int.from_bytes(blob[:8], "little")
+        if len(blob) < 8 or n > len(blob) - 8:
+            raise ValueError(f"a header of {n:,} bytes in a file of {len(blob):,}")
+        meta = json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError("metadata that is not text")
+    except (ValueError, AttributeError, UnicodeDecodeError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({err}); it may be truncated or of another kind"
+        ) from None
+    return meta
+
+
+def _tensors_of(blob: bytes, path: Path) -> dict[str, Tensor]:
+    try:
+        return load_bytes(blob)
+    except (SafetensorError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path} could not be read ({err}); it may be truncated") from None
+
+
+def source_tensors(source: Source, prefix: str | None = None) -> dict[str, Tensor]:
+    """The source's tensors under `prefix.` (with it stripped), as read by open_source."""
+    head = f"{prefix}." if prefix else ""
+    return {k[len(head) :]: v for k, v in source.tensors.items() if k.startswith(head)}
 
 
 def backbone_tensors(source: Source) -> dict[str, Tensor]:
     """The backbone's state dict, with torchvision's key names, from either kind of source."""
-    prefix = BACKBONE_PREFIX if source.format == TRAIN_FORMAT else None
-    return read_tensors(source.path, prefix)
+    return source_tensors(source, BACKBONE_PREFIX if source.format == TRAIN_FORMAT else None)
 
 
 def build_from(source: Source, tensors: dict[str, Tensor], torchvision: bool = False) -> nn.Module:

@@ -25,8 +25,8 @@ from affssl.eval.features import (
     build_from,
     cached_features,
     open_source,
-    read_tensors,
     resolve_device,
+    source_tensors,
 )
 from affssl.eval.splits import EvalData, load_eval_data
 from affssl.spec import AffineSpec
@@ -40,7 +40,7 @@ def load_learner(source: Source):
 
     learner = Learner(source.spec)
     try:
-        learner.load_state_dict(read_tensors(source.path, "model"), strict=True)
+        learner.load_state_dict(source_tensors(source, "model"), strict=True)
     except RuntimeError as err:
         raise CheckpointError(
             f"{source.path}: the stored model does not fit its spec ({str(err)[:200]}); "

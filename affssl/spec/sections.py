@@ -50,7 +50,7 @@ class DataSpec(_Spec):
         "auto: tensor when the decoded set fits half the RAM (and CUDA memory), stored resolved",
     )
     store_px: int | None = Field(
-        None, ge=8, description="chunks: short side of the stored images (aspect kept, never enlarged); None → as found"
+        None, ge=8, description="chunks: stored short side (aspect kept, never enlarged); None → as found, at most 1024"
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="chunks: quality of the images re-encoded when stored")
     max_bad_frac: float = Field(
