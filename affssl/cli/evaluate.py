@@ -1,4 +1,6 @@
-"""`affssl eval linear | knn | affine | equivariance | embed`: probe or map the frozen encoder of a checkpoint, export or spec.
+"""`affssl eval linear | knn | affine | equivariance | embed`: probe or map the frozen encoder of a checkpoint.
+
+The file is a checkpoint, an export or (--init random) a spec.
 
 Each command rebuilds the backbone from the file's header (no --arch) and calls one of affssl.eval's
 evaluate_<protocol> functions; the record is shown as a table or, with --json, one JSON object.
@@ -52,6 +54,7 @@ def _show(record: dict, as_json: bool) -> None:
         out.print(table(record), highlight=False)
 
 
+MaxIterOpt = Annotated[int | None, typer.Option(min=1, metavar="N", help="L-BFGS iterations per fit (default 1000).")]
 InitOpt = Annotated[str, typer.Option(help="trained: probe CKPT; random: the untrained encoder of a spec (CKPT: "
                                            "TOML, preset or RUN/spec.json; + --set), BatchNorm settled.")]  # fmt: skip
 
@@ -173,8 +176,7 @@ def eval_equivariance(
     batch_size: EvalBatchOpt = 256,
     seed: EvalSeedOpt = 0,
     limit: EvalLimitOpt = None,
-    max_iter: Annotated[int | None, typer.Option(min=1, metavar="N", help="L-BFGS iterations per rotation-probe "
-                                                 "fit (default 1000).")] = None,  # fmt: skip
+    max_iter: MaxIterOpt = None,
     cache: CacheOpt = True,
     init: InitOpt = "trained",
     set_: SetOpt = None,

@@ -147,10 +147,13 @@ def evaluate_equivariance(
         head_acc = profile.rotation_head_acc(head, h_rot["test"], turned["test"][1]) if head else None
     result = {
         "affine": affine_result,
-        "augself": {"r2": r2, "r2_columns": r2_cols,
-                    "r2_head": None if augself_head is None else augself_head["r2"],
-                    "r2_head_columns": None if augself_head is None else augself_head["r2_columns"],
-                    "augment": json.loads(spec.model_dump_json())},  # fmt: skip
+        "augself": {
+            "r2": r2,
+            "r2_columns": r2_cols,
+            "r2_head": None if augself_head is None else augself_head["r2"],
+            "r2_head_columns": None if augself_head is None else augself_head["r2_columns"],
+            "augment": json.loads(spec.model_dump_json()),
+        },
         "rotation": profile.RotationResult(acc, c, head_acc).summary(),
         "heads": [name for name in ("affine", "augself", "rotation") if _has_head(learner, name)],
     }

@@ -99,8 +99,8 @@ def _equivariance(t: Table, res: dict) -> None:
     for name, r2 in augself["r2"].items():
         t.add_row("augself", f"{name} Δ R²", f"[bold]{r2:.3f}[/]", f"{head[name]:.3f}" if name in head else "—")
     t.add_section()
-    own = rotation["head_acc_pct"]
-    t.add_row("rotation", f"4-way accuracy % (chance {rotation['chance_pct']:.0f})", f"[bold]{rotation['acc_pct']:.2f}[/]",
+    own, chance = rotation["head_acc_pct"], rotation["chance_pct"]
+    t.add_row("rotation", f"4-way accuracy % (chance {chance:.0f})", f"[bold]{rotation['acc_pct']:.2f}[/]",
               "—" if own is None else f"{own:.2f}")  # fmt: skip
     t.add_section()
     t.add_row("heads", ", ".join(res["heads"]) or "none: no trained head for these tasks", "", "")
