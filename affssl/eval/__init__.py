@@ -162,12 +162,19 @@ def evaluate_equivariance(
 
 
 def _learner(source):
-    """The whole trained model when the file is a training checkpoint with any head to score, else None."""
+    """The whole trained model when the file is a training checkpoint with any head to score, else None
+    (also for a floor, affssl.floor: its heads were never trained)."""
     spec = source.spec
-    if source.format != TRAIN_FORMAT or spec is None:
+    if source.format != TRAIN_FORMAT or spec is None or _untrained(source):
         return None
     return load_learner(source) if any(getattr(spec, name).enabled for name in ("affine", "augself", "rotation")) \
         else None  # fmt: skip
+
+
+def _untrained(source) -> bool:
+    from affssl.floor import FLOOR_EPOCH  # the learner's imports: only when a probe runs
+
+    return str(source.header.get("epoch")) == str(FLOOR_EPOCH)
 
 
 def _has_head(learner, name: str) -> bool:
@@ -198,9 +205,11 @@ def _affine_profile(run: Session, backbone, learner, seed: int) -> tuple[dict, l
             r2_head = equivariance.head_r2(head.mlp, embed, h["test"], hw["test"], phi["test"], trained, size)
     result = equivariance.AffineResult(r2, r2_cols, r2_head).summary()
     result["probe_affine"] = json.loads(spec.model_dump_json())
-    result["head_note"] = (
-        None
-        if head is not None
-        else ("no head: a backbone export" if source.format != TRAIN_FORMAT else "no head: trained without the module")
-    )
+    result["head_note"] = None if head is not None else _head_note(source)
     return result, [seed + offset["train"], seed + offset["test"]]
+
+
+def _head_note(source) -> str:
+    if source.format != TRAIN_FORMAT:
+        return "no head: a backbone export"
+    return "no head: an untrained encoder (floor)" if _untrained(source) else "no head: trained without the module"

@@ -37,7 +37,7 @@ from affssl.objectives.rotation import ROTATIONS
 from affssl.spec import AugmentSpec
 
 VIEW_SEED_OFFSET = {"train": 2, "test": 3}  # the views' streams; affine φ uses offsets 0 and 1
-VIEW_CHUNK = 1024  # images per call to the view pipeline (bounds its memory; the draws do not depend on it)
+VIEW_CHUNK = 1024  # images per call to the view pipeline: bounds its memory (the draws depend on it: keep it)
 COLUMNS: dict[str, tuple[str, ...]] = {  # AugSelf's Δ columns per type, in the objective's order
     "crop": ("centre_y", "centre_x", "height", "width"),
     "colour": ("brightness", "contrast", "saturation", "hue"),
@@ -57,7 +57,7 @@ class PairViews:
 def pair_views(images: Tensor, spec: AugmentSpec, seed: int) -> PairViews:
     """Views of uint8 images (N, 3, S, S) from a CPU generator seeded with `seed`, VIEW_CHUNK images per call.
 
-    One generator runs through the chunks in order, so the draws are fixed by (images, spec, seed).
+    One generator runs through the chunks in order, so the draws are fixed by (images, spec, seed, VIEW_CHUNK).
     """
     gen = torch.Generator().manual_seed(seed)
     v1, v2, targets = [], [], {name: [] for name in TYPES}
