@@ -264,7 +264,7 @@ def component_r2(planned: list[PlannedRun], rows: list[Row], stem: str) -> list[
 
 def is_r2(metric: str) -> bool:
     """An R² metric (the affine probe's or the equivariance profile's), not an accuracy."""
-    return metric.startswith("affine-") or metric.endswith("-r2")
+    return metric.startswith("affine-") or metric.endswith("-r2") or "-r2-" in metric
 
 
 def unit_label(metric: str) -> str:

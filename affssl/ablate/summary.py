@@ -73,6 +73,20 @@ def write_summary(path: Path, ablation: Ablation, tables: dict[str, list[Variant
                   n_planned: int, rows: list[Row] = (), planned: list[PlannedRun] = ()) -> Path:  # fmt: skip
     ev = ablation.eval
     axes = "; ".join(f"{a} {','.join(v)}" for a, v in ablation.axes) or "—"
+    objectives = bool(ablation.objectives)
+    study = (f"objectives: {', '.join(ablation.objectives)}" if objectives else
+             f"components: {', '.join(ablation.components)} ({ablation.subsets}); axes: {axes}")  # fmt: skip
+    versus = (
+        "- vs base: against the same base method with every objective off; vs all: not used on the objectives axis"
+        if objectives
+        else "- vs base: against the same base method without the affine module; vs all: against the variant with "
+        "all listed components and each axis at its first value, marked (all)"
+    )
+    family = (
+        "every + objective variant vs its base; every + objective variant vs its own equal-time base"
+        if objectives
+        else "every + affine variant vs its base; every (all) variant vs its equal-time base"
+    )
     sample = (
         "one value per pretraining seed (the run's mean over its probe trials)"
         if unit == "seed"
@@ -81,24 +95,20 @@ def write_summary(path: Path, ablation: Ablation, tables: dict[str, list[Variant
     lines = [
         f"# Ablation{f' — preset {ablation.preset}' if ablation.preset else ''}",
         "",
-        f"- bases: {', '.join(ablation.bases)}; components: {', '.join(ablation.components)} "
-        f"({ablation.subsets}); axes: {axes}; seeds: {', '.join(map(str, ablation.seeds))}",
+        f"- bases: {', '.join(ablation.bases)}; {study}; seeds: {', '.join(map(str, ablation.seeds))}",
         f"- evaluation: {', '.join(ev.protocols)}; linear-probe trials {ev.trials}; probe limit {ev.limit or '—'}",
         f"- runs finished: {n_runs} of {n_planned}",
         f"- samples: {sample}",
         "- mean ± half-width of the two-sided 95 % Student-t interval; p: Welch's two-sided t-test "
         "(scipy.stats.ttest_ind, equal_var=False); Δ: difference of means, relative gain in parentheses",
-        "- vs base: against the same base method without the affine module; vs all: against the variant with "
-        "all listed components and each axis at its first value, marked (all)",
-        "- Holm p: Holm–Bonferroni adjusted over the family of its column (every + affine variant vs its base; "
-        "every (all) variant vs its equal-time base)",
+        versus,
+        f"- Holm p: Holm–Bonferroni adjusted over the family of its column ({family})",
         "- —: not computable (fewer than two samples, or no spread on either side)",
     ]
     if ablation.floor:
         lines.append("- <base>/floor: the untrained encoder of the base's spec and seeds (BatchNorm statistics "
                      "settled on ≤ 2,000 training images; affssl.floor): the score of training nothing; "
                      "Δ vs floor: a variant's gain over it, ± the Welch 95 % interval")  # fmt: skip
-    objectives = bool(ablation.objectives)
     if objectives:
         lines.append(f"- objectives axis: {', '.join(ablation.objectives)}; <base>/<objective> is the base with that "
                      "objective on (its paper's defaults and λ), <base>/base has every objective off; vs base and "
