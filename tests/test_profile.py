@@ -128,3 +128,17 @@ def test_eval_equivariance_cli_on_a_run_trained_with_augself_and_rotation(tmp_pa
                                 "cpu", "--max-iter", "50", "--json"])  # fmt: skip
     assert floor.exit_code == 0, floor.output
     assert json.loads(floor.stdout)["result"]["heads"] == []  # the floor: an untrained encoder, no head
+
+
+def test_an_exported_backbone_gets_the_same_profile_without_heads(aux_run, tmp_path):
+    export = tmp_path / "bb.safetensors"
+    assert runner.invoke(app, ["export", str(aux_run), "--out", str(export)]).exit_code == 0
+    options = {"limit": 60, "device": "cpu", "max_iter": 50}
+    exported = evaluate_equivariance(export, **options)
+    trained = evaluate_equivariance(aux_run, **options)["result"]
+    assert exported["path"].startswith(str(tmp_path / "bb.eval"))
+    result = exported["result"]
+    assert result["heads"] == [] and result["augself"]["r2_head"] is None and result["rotation"]["head_acc_pct"] is None
+    assert result["affine"]["head_note"] == "no head: a backbone export"
+    assert result["affine"]["r2"] == trained["affine"]["r2"]  # the same encoder: the same probe numbers
+    assert result["rotation"]["acc_pct"] == trained["rotation"]["acc_pct"]
