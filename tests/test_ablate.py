@@ -224,7 +224,8 @@ class Fakes:
                                       "head_overhead_frac": 1 / 16})  # fmt: skip
         for epoch in range(start + 1, spec.train.epochs + 1):
             runs.append_metrics(run, {"kind": "epoch", "epoch": epoch, "loss": 1.0 / epoch,
-                                      "epoch_time_s": 2.0 + spec.affine.enabled, "img_per_s": 32.0})  # fmt: skip
+                                      "epoch_time_s": 2.0 + spec.affine.enabled + 2 * spec.augself.enabled,
+                                      "img_per_s": 32.0 / (1 + spec.augself.enabled)})  # fmt: skip
             meta = checkpoint.metadata_json(format=checkpoint.TRAIN_FORMAT, spec=spec.model_dump_json(), epoch=epoch)
             for path in {runs.epoch_checkpoint(run, epoch), run / runs.LAST}:
                 checkpoint.save(path, {"w": torch.zeros(1)}, meta)
@@ -567,3 +568,88 @@ def test_curves_start_at_epoch_0_from_the_floor_and_count_their_seeds():
     assert points[1][:3] == (1, 11.0, 31.0) and points[1][4] == 3
     assert points[2][:3] == (2, 20.0, 40.0) and points[2][4] == 2  # one seed stopped at epoch 1
     assert curve_means(rows)[0][0] == 1  # no floor: the curve starts at the first probed epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# --objectives: the auxiliary objectives as the study axis
+
+
+def test_objectives_plan_one_variant_each_and_an_equal_time_base_per_objective():
+    ablation = ab.make_ablation(default_base="simclr", first_seed=0, bases="simclr,byol", seeds=2, floor=True,
+                                match_time=True, objectives="care,affine,augself,rotation")  # fmt: skip
+    assert ablation.objectives == ("affine", "augself", "rotation", "care")  # AUX order
+    per_base = ["floor", "base", "affine", "augself", "rotation", "care", "base-equal-time-affine",
+                "base-equal-time-augself", "base-equal-time-rotation", "base-equal-time-care"]  # fmt: skip
+    assert [v.name for v in ab.variants(ablation)] == [f"{b}/{k}" for b in ("simclr", "byol") for k in per_base]
+    planned = ab.plan(ablation, build)
+    on = lambda r: [n for n in ("affine", "augself", "rotation", "care") if getattr(r.spec, n).enabled]  # noqa: E731
+    for r in planned:
+        assert on(r) == ([r.variant.objective] if r.variant.objective else [])  # exactly its own objective
+        assert r.variant.baseline == (r.variant.objective is None)
+    equal = [r for r in planned if r.variant.kind == "equal-time"]
+    assert {r.variant.matched for r in equal} == {"affine", "augself", "rotation", "care"} and len(equal) == 16
+    from affssl.ablate.study import references
+
+    for r in equal:  # each equal-time base is measured against its own objective's run of the same base and seed
+        base, other = references(r, planned)
+        assert (base.variant.name, base.seed) == (f"{r.variant.base}/base", r.seed)
+        assert (other.variant.objective, other.variant.base, other.seed) == (r.variant.matched, r.variant.base, r.seed)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"objectives": "affine,jigsaw"}, {"objectives": "care,care"}, {"objectives": "care", "components": "scale"},
+     {"objectives": "care", "preset": "main"}, {"objectives": "care", "axes": {"views": "1,2"}},
+     {"objectives": "care", "subsets": "all"}],
+)  # fmt: skip
+def test_bad_objective_studies_are_user_errors(options):
+    with pytest.raises(UserError):
+        ab.make_ablation(default_base="simclr", first_seed=0, **options)
+
+
+def test_objective_equal_time_runs_get_their_own_objectives_time(tmp_path, fakes):
+    f = fakes()  # fake epochs: base 2 s, + affine 3 s, + augself 4 s (at half the base's img/s)
+    argv = ["ablate", "--objectives", "affine,augself", "--base", "simclr", "--seeds", "2", "--epochs", "2",
+            "--no-floor", "--match-time", "--out", str(tmp_path)]  # fmt: skip
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    epochs = {o: RunSpec.model_validate_json((tmp_path / f"simclr/base-equal-time-{o}/seed-0/spec.json").read_text())
+              .train.epochs for o in ("affine", "augself")}  # fmt: skip
+    assert epochs == {"affine": 3, "augself": 4}  # round(2 × 1.5), round(2 × 2)
+    assert len(f.trained) == 2 * 5
+    with open(tmp_path / "results.csv") as fh:
+        rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(fh)}
+    assert rows[("simclr/augself", "0")]["objective"] == "augself"
+    assert rows[("simclr/base-equal-time-augself", "1")]["objective"] == "augself"
+    assert float(rows[("simclr/augself", "0")]["s_per_step"]) == pytest.approx(2 * float(rows[("simclr/base", "0")]
+                                                                                        ["s_per_step"]))  # fmt: skip
+    summary = (tmp_path / "summary.md").read_text()
+    augself = next(line for line in summary.splitlines() if line.startswith("| simclr/augself |"))
+    cells = [c.strip() for c in augself.split("|")[1:-1]]
+    assert "s/step vs base" in summary and cells[-1] == "2.00×" and cells[8] != "—"  # Holm p vs its equal time
+    assert "objectives: affine, augself" in summary
+
+
+def test_objectives_study_on_tiny_digits_writes_profiles_costs_and_the_tradeoff_plot(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "objectives"
+    argv = ["ablate", "--objectives", "augself,rotation", "--base", "simclr", "--seeds", "1", "--no-floor",
+            "--match-time", "--eval", "linear,equivariance", *TINY, *PROBE, "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    with open(out / "results.csv") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["simclr/augself", "simclr/base", "simclr/base-equal-time-augself",
+                            "simclr/base-equal-time-rotation", "simclr/rotation"]  # fmt: skip
+    profile = ("equivariance-digits-affine-r2", "equivariance-digits-affine-r2-shear", "equivariance-digits-crop-r2",
+               "equivariance-digits-colour-r2", "equivariance-digits-rotation-acc")  # fmt: skip
+    assert all(r[m] != "" for r in rows.values() for m in profile)  # every variant's profile
+    assert all(float(r["s_per_step"]) > 0 and float(r["linear-digits"]) > 0 for r in rows.values())
+    summary = (out / "summary.md").read_text()
+    assert "## Equivariance profile" in summary and "| simclr/rotation | 1 |" in summary
+    assert "## equivariance-digits-rotation-acc (4-way rotation top-1 %)" in summary
+    assert "Holm p vs equal time" in summary and "s/step vs base" in summary
+    for png in ("tradeoff.png", "variants-equivariance-digits-crop-r2.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((out / "simclr/rotation/seed-0/eval/equivariance-digits.json").read_text())
+    assert record["result"]["heads"] == ["rotation"]

@@ -151,10 +151,8 @@ def test_signal_writes_a_step_checkpoint_and_resume_is_bit_identical(tmp_path, m
     strip = lambda r: {k: v for k, v in r.items() if k not in ("img_per_s", "epoch_time_s", "monitor_time_s")}  # noqa: E731
     trained = lambda path: [strip(r) for r in runs.read_metrics(path) if r.get("kind") != "host"]  # noqa: E731
     assert trained(run) == trained(reference)
-    assert [r["step"] for r in runs.read_metrics(run) if r.get("kind") == "host"] == [
-        0,
-        step,
-    ]  # each start says its host
+    # each start says its host
+    assert [r["step"] for r in runs.read_metrics(run) if r.get("kind") == "host"] == [0, step]
 
 
 def test_stop_signals_restore_handlers_and_record_the_first_signal():

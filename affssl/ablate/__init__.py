@@ -1,4 +1,5 @@
-"""`affssl ablate`: the paper's ablations (§3) as a plan of ordinary runs, executed restartably.
+"""`affssl ablate`: the paper's ablations (§3), or the auxiliary objectives compared (`--objectives`), as a plan
+of ordinary runs, executed restartably.
 
 A run is finished when its last checkpoint reached spec.train.epochs and its eval records are
 current; a finished run is never repeated, an interrupted one resumes from its last checkpoint (or

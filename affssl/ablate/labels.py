@@ -1,7 +1,7 @@
 """Unlabelled data in an ablation: the probes that need class labels are skipped, said in one line.
 
-The linear and kNN probes (and the linear curve) need class labels; the equivariance probe
-(`affine`) does not. When every data set the runs are probed on is an unlabelled folder, those
+The linear and kNN probes (and the linear curve) need class labels; the equivariance probe and profile
+(`affine`, `equivariance`) do not. When every data set the runs are probed on is an unlabelled folder, those
 probes leave the plan and the runs pretrain (and take the affine probe when asked for); a mix of
 labelled and unlabelled probe data sets is refused in one line instead.
 """

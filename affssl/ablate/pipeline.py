@@ -70,6 +70,10 @@ def write_outputs(ablation: Ablation, planned: list[PlannedRun], out: Path, unit
         linear = next((m for m in metrics if m.startswith("linear-")), None)
         if ablation.eval.curve and linear and (curve := plots.plot_curves(linear, rows, out / "curve.png")):
             pictures.append(curve)
+    accuracy = next((tables[m] for m in metrics if m.startswith("linear-") and tables[m]), None)
+    profile = {m: tables[m] for m in metrics if m.startswith("equivariance-") and tables[m]}
+    if accuracy and profile and (picture := plots.plot_tradeoff(accuracy, profile, out / "tradeoff.png")):
+        pictures.append(picture)
     for stem in (m.removesuffix("-r2") for m in metrics if m.startswith("affine-") and m.endswith("-r2")):
         if picture := plots.plot_r2(stem, results.component_r2(planned, rows, stem), out / f"r2-{stem}.png"):
             pictures.append(picture)

@@ -8,6 +8,11 @@ contract), listed with its spec in OUT/ablate.json before any run starts.
 
 Two extra kinds of variant per base (affssl.ablate.study): the floor (`--floor`, "<base>/floor") and
 the equal-time baseline (`--match-time`, "<base>/base-equal-time").
+
+With `--objectives` the study axis is the auxiliary objectives instead (design.md decision 18): per base,
+the base with every objective off ("<base>/base"), the base + one objective ("<base>/<objective>"), and with
+`--match-time` one equal-time base per objective ("<base>/base-equal-time-<objective>"), trained for that
+variant's measured time. Components, subsets and axes belong to the affine study and are refused beside it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from affssl.errors import UserError
-from affssl.spec import COMPONENTS, METHOD_SPECS, RunSpec
+from affssl.spec import AUX, COMPONENTS, METHOD_SPECS, RunSpec
 from affssl.spec.methods import unknown_base
 
 ABLATE_FORMAT = "affssl.ablate/1"
@@ -65,7 +70,7 @@ PRESETS: dict[str, Preset] = {
         "§3.7 encoder vs projector output (no results in the paper)", axes=(("location", ("encoder", "projector")),)
     ),
 }
-PROTOCOLS: tuple[str, ...] = ("linear", "knn", "affine")
+PROTOCOLS: tuple[str, ...] = ("linear", "knn", "affine", "equivariance")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class Ablation:
     preset: str | None = None
     floor: bool = False  # per base: the untrained encoder's scores ("<base>/floor")
     match_time: bool = False  # per base: the baseline trained for the reference + affine run's time
+    objectives: tuple[str, ...] = ()  # the objectives axis: per base, the base + each of these (AUX order)
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,12 @@ class Variant:
     overrides: tuple[str, ...]
     reference: bool  # all listed components with each axis at its first value
     kind: Literal["run", "floor", "equal-time"] = "run"
+    objective: str | None = None  # the objectives axis: the objective this run adds to its base
+    matched: str | None = None  # the objectives axis: the objective whose run's time an equal-time base gets
 
     @property
     def baseline(self) -> bool:
-        return not self.components
+        return not self.components and self.objective is None
 
 
 @dataclass(frozen=True)
@@ -139,8 +147,12 @@ def make_ablation(
     eval_settings: EvalSettings = EvalSettings(),
     floor: bool = False,
     match_time: bool = False,
+    objectives: str | None = None,
 ) -> Ablation:
     """Validate the comma lists of the command line and merge them over a preset."""
+    chosen_objectives = split_list(objectives)
+    if chosen_objectives:
+        _check_objectives(chosen_objectives, preset, components, subsets, axes)
     if preset is not None and preset not in PRESETS:
         raise UserError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset] if preset else Preset("", subsets="singles", bases=(default_base,))
@@ -175,8 +187,23 @@ def make_ablation(
     axes_t = tuple((a, merged[a]) for a in AXES if a in merged)  # canonical axis order
     seed_t = tuple(range(first_seed, first_seed + seeds))
     ordered = tuple(c for c in COMPONENTS if c in comps)
+    objectives_t = tuple(o for o in AUX if o in chosen_objectives)
     return Ablation(chosen_bases, ordered, chosen_subsets, axes_t, seed_t, eval_settings, preset, floor,  # type: ignore[arg-type]
-                    match_time)  # fmt: skip
+                    match_time, objectives_t)  # fmt: skip
+
+
+def _check_objectives(names: tuple[str, ...], preset, components, subsets, axes) -> None:
+    """--objectives: known names, once each, and no option of the affine study beside them."""
+    for name in names:
+        if name not in AUX:
+            raise UserError(f"unknown objective {name!r} in --objectives; choose from {', '.join(AUX)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"--objectives repeats a name: {','.join(names)}")
+    extra = [f"--{k}" for k, v in (axes or {}).items() if split_list(v)]
+    extra += ["--preset"] * (preset is not None) + ["--components"] * bool(components) + ["--subsets"] * bool(subsets)
+    if extra:
+        raise UserError(f"--objectives compares the objectives with each other; {extra[0]} belongs to the affine "
+                        "module's study: run it in an ablation of its own")  # fmt: skip
 
 
 def component_sets(components: tuple[str, ...], subsets: Subsets) -> list[tuple[str, ...]]:
@@ -190,7 +217,12 @@ def component_sets(components: tuple[str, ...], subsets: Subsets) -> list[tuple[
 
 
 def variants(ablation: Ablation) -> list[Variant]:
-    """Per base: [the floor,] the baseline, every component set × every axis combination[, the equal-time base]."""
+    """Per base: [the floor,] the baseline, every component set × every axis combination[, the equal-time base].
+
+    With objectives: per base, [the floor,] the baseline, base + each objective[, an equal-time base per objective].
+    """
+    if ablation.objectives:
+        return objective_variants(ablation)
     out: list[Variant] = []
     names = [a for a, _ in ablation.axes]
     off = ("affine.enabled=false",)
@@ -212,6 +244,24 @@ def variants(ablation: Ablation) -> list[Variant]:
                 out.append(Variant(name, base, comps, pairs, overrides, first and comps == ablation.components))
         if ablation.match_time:  # last of its base: it needs the base and reference runs' training times
             out.append(Variant(f"{base}/base-equal-time", base, (), (), off, False, "equal-time"))
+    return out
+
+
+def objective_variants(ablation: Ablation) -> list[Variant]:
+    """The objectives axis: every objective off in the base, exactly one on in each variant."""
+
+    def switches(on: str | None) -> tuple[str, ...]:
+        return tuple(f"{name}.enabled={str(name == on).lower()}" for name in AUX)
+
+    out: list[Variant] = []
+    for base in ablation.bases:
+        if ablation.floor:
+            out.append(Variant(f"{base}/floor", base, (), (), switches(None), False, "floor"))
+        out.append(Variant(f"{base}/base", base, (), (), switches(None), False))
+        out += [Variant(f"{base}/{o}", base, (), (), switches(o), False, objective=o) for o in ablation.objectives]
+        if ablation.match_time:  # last of its base: they need the base and objective runs' training times
+            out += [Variant(f"{base}/base-equal-time-{o}", base, (), (), switches(None), False, "equal-time",
+                            matched=o) for o in ablation.objectives]  # fmt: skip
     return out
 
 
@@ -253,6 +303,7 @@ def write_plan(out: Path, ablation: Ablation, planned: list[PlannedRun]) -> Path
                 "folder": str(r.folder),
                 "reference": r.variant.reference,
                 "kind": r.variant.kind,
+                "objective": r.variant.objective or r.variant.matched,
                 "overrides": list(r.variant.overrides),
                 "spec": json.loads(r.spec.model_dump_json()),
             }

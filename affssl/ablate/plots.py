@@ -7,6 +7,8 @@
   the floor as a dotted line); the paper's "efficiency" claim (§3.2) is about this view.
   Baselines are dashed, as in the paper's figure.
 - `plot_r2`: the equivariance probe's R² per component, base vs + affine, with 95 % intervals.
+- `plot_tradeoff`: linear-probe accuracy against each equivariance summary of the profile (mean affine R²,
+  AugSelf's Δ R², rotation accuracy), one marker per variant with its 95 % intervals over seeds on both axes.
 """
 
 from __future__ import annotations
@@ -141,6 +143,34 @@ def plot_r2(stem: str, effects: list[ComponentEffect], path: Path) -> Path | Non
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel(f"{stem}: R² per component (mean ± 95 % CI)")
     axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_tradeoff(linear: list[VariantStats], profile: dict[str, list[VariantStats]], path: Path) -> Path | None:
+    """Invariance against equivariance: per equivariance metric a panel, the variant's linear accuracy (y)
+    against that metric (x), means with 95 % CI bars over seeds on both axes; baselines as diamonds.
+    `linear`: the linear probe's stats; `profile`: equivariance metric → its stats. None without both."""
+    accuracy = {s.variant.name: s for s in linear}
+    panels = {m: [(s, accuracy[s.variant.name]) for s in stats if s.variant.name in accuracy]
+              for m, stats in profile.items()}  # fmt: skip
+    panels = {m: pairs for m, pairs in panels.items() if pairs}
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.5 * len(panels), 4.8))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    names = list(dict.fromkeys(s.variant.name for pairs in panels.values() for s, _ in pairs))
+    for ax, (metric, pairs) in zip(axes, panels.items(), strict=True):
+        for x, y in pairs:
+            i = names.index(x.variant.name)
+            ci = [0.0 if math.isnan(c) else c for c in (x.summary.ci95, y.summary.ci95)]
+            ax.errorbar(x.summary.mean, y.summary.mean, xerr=ci[0], yerr=ci[1], fmt="D" if x.variant.baseline else "o",
+                        color=_colour(i), capsize=3, label=x.variant.name)  # fmt: skip
+        ax.set_xlabel(f"{metric}\n{unit_label(metric)}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("linear probe: top-1 % (mean ± 95 % CI over seeds)")
+    axes[-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     return path

@@ -2,11 +2,15 @@
 
 Rows are read back from the run folders only (metrics.jsonl, eval records), so the tables can be
 rebuilt at any time. Metric names join protocol and data set: `linear-cifar10` (top-1 %, the mean
-over probe trials), `knn-cifar10-k20`, `affine-cifar10-r2` (mean R² over components).
+over probe trials), `knn-cifar10-k20`, `affine-cifar10-r2` (mean R² over components); the equivariance
+profile gives `equivariance-cifar10-affine-r2` (mean over components, each also as `…-affine-r2-<component>`),
+`…-crop-r2` and `…-colour-r2` (AugSelf's Δ, mean over columns) and `…-rotation-acc` (4-way, %).
 The statistics unit is a pretraining seed (one value per run) or, as in the paper (§2.4, 5 probe
 trials of one checkpoint), a linear-probe trial (every trial of every run of the variant).
 Holm–Bonferroni adjusts each comparison column over its family: every + affine variant's p against
-its base (for --preset main: one per base), and every reference's p against its equal-time base.
+its base (for --preset main: one per base), and every reference's p against its equal-time base; on the
+objectives axis every + objective variant against its base and against its own equal-time base.
+On that axis results.csv also has `objective` and `s_per_step` (batch / img/s: measured seconds per step).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ Unit = Literal["seed", "trial"]
 FIELDS = ("variant", "base", "affine", "components", "aggregation", "views", "fill", "weight", "location", "seed",
           "epochs", "wall_s", "img_per_s", "eval_s", "params_total", "params_head", "head_overhead_frac",
           "final_loss", "kind", "time_ratio", "run")  # fmt: skip
+OBJECTIVE_FIELDS = ("objective", "s_per_step")  # after FIELDS, on the objectives axis only
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ def collect(planned: list[PlannedRun], out: Path, ev: EvalSettings) -> list[Row]
         match = read_record(folder / MATCH) if run.variant.kind == "equal-time" else None
         fields["time_ratio"] = f"{match['time_ratio']:.4f}" if match else ""
         row = Row(run.variant, run.seed, fields, wall, images / wall if wall else math.nan)
+        per_step = run.spec.train.batch_size / row.img_per_s if row.img_per_s > 0 else math.nan
+        fields["objective"] = run.variant.objective or run.variant.matched or ""
+        fields["s_per_step"] = "" if math.isnan(per_step) or run.variant.kind == "floor" else f"{per_step:.6f}"
         for (protocol, dataset), record in records.items():
             _read_metrics(row, protocol, eval_path(folder, protocol, dataset, run.spec).stem, record["result"])
         if ev.curve and run.variant.kind != "floor":  # the floor is a line on the curve plot, not a curve
@@ -113,6 +121,12 @@ def _read_metrics(row: Row, protocol: str, stem: str, result: dict) -> None:
         r2 = {c: float(v) for c, v in result["r2"].items()}
         row.metrics[f"{stem}-r2"] = math.fsum(r2.values()) / len(r2)
         row.metrics |= {f"{stem}-r2-{c}": v for c, v in r2.items()}
+    elif protocol == "equivariance":
+        r2 = {c: float(v) for c, v in result["affine"]["r2"].items()}
+        row.metrics[f"{stem}-affine-r2"] = math.fsum(r2.values()) / len(r2)
+        row.metrics |= {f"{stem}-affine-r2-{c}": v for c, v in r2.items()}
+        row.metrics |= {f"{stem}-{t}-r2": float(v) for t, v in result["augself"]["r2"].items()}
+        row.metrics[f"{stem}-rotation-acc"] = float(result["rotation"]["acc_pct"])
 
 
 def _curve(run: PlannedRun, folder: Path, ev: EvalSettings, times: list[float], row: Row) -> list[CurvePoint]:
@@ -137,13 +151,15 @@ def metric_names(rows: list[Row]) -> list[str]:
 def write_csv(rows: list[Row], path: Path) -> Path:
     metrics = list(dict.fromkeys(m for r in rows for m in r.metrics))
     trials = list(dict.fromkeys(m for r in rows for m in r.trials))
+    objectives = any(r.spec_fields.get("objective") for r in rows)
+    columns = FIELDS + (OBJECTIVE_FIELDS if objectives else ())
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*FIELDS, *metrics, *(f"{m}_trials" for m in trials)])
+        writer.writerow([*columns, *metrics, *(f"{m}_trials" for m in trials)])
         for r in rows:
             values = {**r.spec_fields, "wall_s": f"{r.wall_s:.3f}", "img_per_s": f"{r.img_per_s:.1f}"}
             writer.writerow(
-                [values[k] for k in FIELDS]
+                [values[k] for k in columns]
                 + [f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in metrics]
                 + [";".join(f"{v:.4f}" for v in r.trials.get(m, [])) for m in trials]
             )
@@ -167,6 +183,7 @@ class VariantStats:
     p_holm_base: float = math.nan  # vs_base.p, Holm-adjusted over the + affine variants
     p_holm_equal: float = math.nan  # vs_equal.p, Holm-adjusted over the references
     vs_floor: Comparison | None = None  # a trained variant against its base's untrained encoder
+    step_cost_rel: float = math.nan  # mean s/step over the base's mean s/step (objectives axis; NaN elsewhere)
 
 
 def samples(rows: list[Row], metric: str, unit: Unit) -> list[float]:
@@ -184,7 +201,7 @@ def variant_stats(planned: list[PlannedRun], rows: list[Row], metric: str, unit:
         if not values[v.name]:
             continue
         base = values.get(f"{v.base}/base") or None
-        equal = values.get(f"{v.base}/base-equal-time") or None
+        equal = values.get(f"{v.base}/base-equal-time" + (f"-{v.objective}" if v.objective else "")) or None
         floor = values.get(f"{v.base}/floor") or None
         ref = next((values[u.name] for u in variants if u.base == v.base and u.reference and values[u.name]), None)
         rs = by_name[v.name]
@@ -197,11 +214,21 @@ def variant_stats(planned: list[PlannedRun], rows: list[Row], metric: str, unit:
                 None if v.reference or v.kind == "floor" or ref is None else compare(values[v.name], ref),
                 math.fsum(r.wall_s for r in rs) / len(rs),
                 math.fsum(r.img_per_s for r in rs) / len(rs),
-                compare(values[v.name], equal) if v.reference and equal is not None else None,
+                compare(values[v.name], equal) if (v.reference or v.objective) and equal is not None else None,
                 vs_floor=None if v.kind == "floor" or floor is None else compare(values[v.name], floor),
+                step_cost_rel=_step_cost(rs, by_name.get(f"{v.base}/base", [])) if v.objective else math.nan,
             )
         )
     return with_holm(out)
+
+
+def _step_cost(rows: list[Row], base: list[Row]) -> float:
+    """Mean measured seconds per step of a variant's runs over its base's (NaN without both)."""
+    mine = [float(r.spec_fields["s_per_step"]) for r in rows if r.spec_fields.get("s_per_step")]
+    theirs = [float(r.spec_fields["s_per_step"]) for r in base if r.spec_fields.get("s_per_step")]
+    if not mine or not theirs:
+        return math.nan
+    return (math.fsum(mine) / len(mine)) / (math.fsum(theirs) / len(theirs))
 
 
 def with_holm(stats: list[VariantStats]) -> list[VariantStats]:
@@ -235,5 +262,14 @@ def component_r2(planned: list[PlannedRun], rows: list[Row], stem: str) -> list[
     return out
 
 
+def is_r2(metric: str) -> bool:
+    """An R² metric (the affine probe's or the equivariance profile's), not an accuracy."""
+    return metric.startswith("affine-") or metric.endswith("-r2") or "-r2-" in metric
+
+
 def unit_label(metric: str) -> str:
-    return "mean R² over components" if metric.startswith("affine-") else "top-1 %"
+    if metric.startswith("affine-") or metric.endswith("-affine-r2"):
+        return "mean R² over components"
+    if metric.endswith("-r2"):
+        return "mean R² over Δ columns"
+    return "4-way rotation top-1 %" if metric.endswith("-rotation-acc") else "top-1 %"

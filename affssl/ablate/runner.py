@@ -187,6 +187,8 @@ def probe(protocol: str, ckpt: Path, dataset: str | None, ev: EvalSettings, devi
     }
     if protocol == "linear":
         options |= {"trials": ev.trials, "max_iter": ev.max_iter}
+    elif protocol == "equivariance":
+        options |= {"max_iter": ev.max_iter}
     record = fn(ckpt, **options)
     if Path(record["path"]).resolve() != expect.resolve():
         raise RuntimeError(f"affssl.eval wrote {record['path']}, ablate looks for {expect}")
@@ -242,6 +244,8 @@ def current(record: dict | None, epoch: int, ev: EvalSettings, protocol: str) ->
             same &= ev.max_iter is None or record["options"].get("max_iter") == ev.max_iter
         elif protocol == "knn":
             same &= seeds == [ev.seed]
+        elif protocol == "equivariance":
+            same &= seeds[-1] == ev.seed and record["options"].get("max_iter") == ev.max_iter
         return bool(same)
     except (KeyError, TypeError, ValueError, IndexError):
         return False

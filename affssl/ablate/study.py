@@ -16,6 +16,8 @@ reproduced like any other run, and the same finished runs always give the same e
 seconds would stop at a different step on every machine and every retry, and a killed run could not
 be resumed bit-exactly). The price is rounding to whole epochs (at most half an epoch of time);
 the ratio and the epochs are written to RUN/match.json and to results.csv (time_ratio).
+On the objectives axis each objective has its own equal-time base ("<base>/base-equal-time-<objective>"),
+matched to the run of that objective (t_affine_s in match.json is then that run's time).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Match:
     """How an equal-time run's epochs were set."""
 
     t_base_s: float  # training seconds of the base run
-    t_affine_s: float  # training seconds of the reference + affine run
+    t_affine_s: float  # training seconds of the reference + affine run (objectives axis: of the matched run)
     time_ratio: float  # t_affine_s / t_base_s
     base_epochs: int
     epochs: int  # max(1, round(base_epochs × time_ratio))
@@ -62,9 +64,12 @@ def trained_seconds(folder: Path, epochs: int) -> float | None:
 
 
 def references(run: PlannedRun, planned: list[PlannedRun]) -> tuple[PlannedRun, PlannedRun]:
-    """The base run and the reference + affine run of an equal-time run's base and seed."""
+    """The base run and the reference + affine run of an equal-time run's base and seed (on the objectives
+    axis: the run of the objective it is matched to)."""
     same = [r for r in planned if r.seed == run.seed and r.variant.base == run.variant.base]
     base = next(r for r in same if r.variant.kind == "run" and r.variant.baseline)
+    if run.variant.matched is not None:
+        return base, next(r for r in same if r.variant.kind == "run" and r.variant.objective == run.variant.matched)
     return base, next(r for r in same if r.variant.reference)
 
 

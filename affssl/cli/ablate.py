@@ -28,8 +28,8 @@ def _opt(panel: str, help_: str, *names: str, **kw):
 
 PresetOpt = Annotated[str | None, _opt(VARIANTS, "A paper table: main | components | aggregation | views | fill | "
                                                  "weight | location.")]  # fmt: skip
-BasesOpt = Annotated[str | None, _opt(VARIANTS, "Comma list of base methods (default: the spec's; a preset's: "
-                                                "simclr, byol, barlow).", "--base")]  # fmt: skip
+BasesOpt = Annotated[str | None, _opt(VARIANTS, "Bases, comma list (default: the spec's; a preset's: simclr, "
+                                                "byol, barlow).", "--base")]  # fmt: skip
 SubsetsOpt = Annotated[str | None, _opt(VARIANTS, "together: the listed components at once; singles (default): "
                                                   "also each alone; all: every subset.")]  # fmt: skip
 StatUnitOpt = Annotated[str, _opt(PROBES, "seed: a sample per run; trial: per linear-probe trial (paper §2.4); "
@@ -38,9 +38,12 @@ CurveOpt = Annotated[bool, _opt(PROBES, "Also probe the periodic checkpoints: ac
                                 "--curve")]  # fmt: skip
 CurvePointsOpt = Annotated[int | None, _opt(PROBES, "Implies --curve: N points per run.", min=1, metavar="N")]
 FloorOpt = Annotated[bool, _opt(VARIANTS, "Per base: score the untrained encoder (BatchNorm settled).")]
-MatchTimeOpt = Annotated[bool, _opt(VARIANTS, "Per base and seed: the base trained for the + affine run's time.",
-                                    "--match-time")]  # fmt: skip
-AblateOutOpt = Annotated[Path | None, _opt(RUNS, "Folder (default ablations/<preset or custom>).", "--out")]
+MATCH_HELP = "Per base, seed: the base trained for each + affine/objective run's time."
+MatchTimeOpt = Annotated[bool, _opt(VARIANTS, MATCH_HELP, "--match-time")]
+OBJECTIVES_HELP = "Axis: base + one of affine, augself, rotation, care."
+ObjectivesOpt = Annotated[str | None, _opt(VARIANTS, OBJECTIVES_HELP)]
+EvalOpt = Annotated[str, _opt(PROBES, "Comma list of probes: linear, knn, affine, equivariance.", "--eval")]
+AblateOutOpt = Annotated[Path | None, _opt(RUNS, "Folder (default ablations/<preset, custom or objectives>).", "--out")]
 JobsOpt = Annotated[int, _opt(RUNS, "Runs at once, each with 1/N of the threads (faster on a few CPU cores).",
                               min=1, metavar="N")]  # fmt: skip
 EvalDatasetsOpt = Annotated[str | None, _opt(PROBES, "Comma list of data sets (default: the pretraining one).")]
@@ -63,7 +66,8 @@ def ablate(
     seeds: Annotated[int, _opt(VARIANTS, "Pretraining seeds per variant: train.seed, +1, …", min=1, metavar="N")] = 1,
     floor: FloorOpt = True,
     match_time: MatchTimeOpt = False,
-    eval_: Annotated[str, _opt(PROBES, "Comma list of probes: linear, knn, affine.", "--eval")] = "linear",
+    objectives: ObjectivesOpt = None,
+    eval_: EvalOpt = "linear",
     eval_dataset: EvalDatasetsOpt = None,
     eval_trials: Annotated[int, _opt(PROBES, "Linear-probe trials per run (paper: 5).", min=1, metavar="N")] = 5,
     eval_limit: Annotated[int | None, _opt(PROBES, "Probe with N train images (stratified).", min=1, metavar="N")] = (
@@ -87,7 +91,7 @@ def ablate(
     out_dir: AblateOutOpt = None,
     dry_run: Annotated[bool, _opt(RUNS, "Print the planned runs and exit.", "--dry-run")] = False,
 ) -> None:
-    """The paper's ablations (§3): variants × seeds, each an ordinary run folder under OUT; restartable.
+    """The paper's ablations (§3) or the objectives (--objectives): variants × seeds, run folders in OUT; restartable.
 
     A finished run is never rerun: after a kill, the same command completes what is missing.
     Writes OUT/ablate.json, results.csv, summary.md (mean ± 95 % CI, Welch tests) and plots.
@@ -114,9 +118,10 @@ def ablate(
     axes = {"aggregation": aggregation, "views": views, "fill": fill, "weight": weight, "location": location}
     ablation = ab.make_ablation(default_base=default.method.name, first_seed=default.train.seed, preset=preset,
                                 bases=bases, components=components, subsets=subsets, axes=axes, seeds=seeds,
-                                eval_settings=settings, floor=floor, match_time=match_time)  # fmt: skip
+                                eval_settings=settings, floor=floor, match_time=match_time,
+                                objectives=objectives)  # fmt: skip
     planned = ab.plan(ablation, lambda b, extra: resolve_spec(spec_file, b, explicit + extra))
-    folder = out_dir or Path("ablations") / (preset or "custom")
+    folder = out_dir or Path("ablations") / (preset or ("objectives" if objectives else "custom"))
     if dry_run:
         for v in dict.fromkeys(r.variant for r in planned):
             note = " (all)" if v.reference else ""

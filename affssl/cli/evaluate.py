@@ -1,4 +1,6 @@
-"""`affssl eval linear | knn | affine | embed`: probe or map the frozen encoder of a checkpoint, export or spec.
+"""`affssl eval linear | knn | affine | equivariance | embed`: probe or map the frozen encoder of a checkpoint.
+
+The file is a checkpoint, an export or (--init random) a spec.
 
 Each command rebuilds the backbone from the file's header (no --arch) and calls one of affssl.eval's
 evaluate_<protocol> functions; the record is shown as a table or, with --json, one JSON object.
@@ -52,6 +54,7 @@ def _show(record: dict, as_json: bool) -> None:
         out.print(table(record), highlight=False)
 
 
+MaxIterOpt = Annotated[int | None, typer.Option(min=1, metavar="N", help="L-BFGS iterations per fit (default 1000).")]
 InitOpt = Annotated[str, typer.Option(help="trained: probe CKPT; random: the untrained encoder of a spec (CKPT: "
                                            "TOML, preset or RUN/spec.json; + --set), BatchNorm settled.")]  # fmt: skip
 
@@ -161,6 +164,27 @@ def eval_affine(
     """Equivariance probe: R² of φ (rotation, translation, scale, shear) from features of an image and its warp."""
     _probe("affine", ckpt, json_, init, set_, threads, dataset=dataset, seed=seed, limit=limit, device=device,
            batch_size=batch_size, cache=cache)  # fmt: skip
+
+
+@app.command("equivariance", cls=Command)
+@friendly
+def eval_equivariance(
+    ckpt: CkptArg,
+    dataset: EvalDatasetOpt = None,
+    json_: JsonOpt = False,
+    device: EvalDeviceOpt = "auto",
+    batch_size: EvalBatchOpt = 256,
+    seed: EvalSeedOpt = 0,
+    limit: EvalLimitOpt = None,
+    max_iter: MaxIterOpt = None,
+    cache: CacheOpt = True,
+    init: InitOpt = "trained",
+    set_: SetOpt = None,
+    threads: ThreadsOpt = "auto",
+) -> None:
+    """Equivariance profile: affine R² (as eval affine), AugSelf's crop/colour Δ R², 4-way rotation accuracy."""
+    _probe("equivariance", ckpt, json_, init, set_, threads, dataset=dataset, seed=seed, limit=limit, device=device,
+           batch_size=batch_size, cache=cache, max_iter=max_iter)  # fmt: skip
 
 
 @app.command("embed", cls=Command)

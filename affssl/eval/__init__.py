@@ -1,4 +1,4 @@
-"""Evaluation of a trained encoder from a checkpoint or export: linear probe, kNN, equivariance probe.
+"""Evaluation of a trained encoder from a checkpoint or export: linear probe, kNN, equivariance probe and profile.
 
 Each entry point opens the file (its header says how to rebuild the backbone), loads the data set
 at the backbone's input size, takes frozen features of train and test (cached per checkpoint hash
@@ -18,11 +18,19 @@ from affssl.errors import UserError
 from affssl.eval.features import load_backbone
 from affssl.eval.knn import KS, TEMPERATURE, knn_accuracy
 from affssl.eval.session import EVAL_FORMAT, Session, load_learner
-from affssl.spec import AffineSpec
+from affssl.spec import AffineSpec, AugmentSpec
 
+# `equivariance` (the profile) is the affine probe (`affine`, the same numbers) plus AugSelf's Δ and rotation.
 # linear and equivariance import scikit-learn; they are imported when their probe runs, so that
 # `affssl.load_backbone` and `affssl export` (which import eval.features) stay light.
-__all__ = ["EVAL_FORMAT", "evaluate_affine", "evaluate_knn", "evaluate_linear", "load_backbone"]
+__all__ = [
+    "EVAL_FORMAT",
+    "evaluate_affine",
+    "evaluate_equivariance",
+    "evaluate_knn",
+    "evaluate_linear",
+    "load_backbone",
+]
 
 
 def evaluate_linear(
@@ -88,14 +96,100 @@ def evaluate_affine(
     progress: bool = False,
     data: Dataset | None = None,
 ) -> dict:
-    """The equivariance probe: R² per component of a ridge probe, and of the checkpoint's own head."""
-    from affssl.eval import equivariance
+    """The affine equivariance probe: R² per component of a ridge probe, and of the checkpoint's own head."""
+    run = Session(ckpt, dataset, seed, limit, device, batch_size, cache, progress, data, need_labels=False)
+    learner = _learner(run.source)
+    backbone = learner.backbone if learner is not None else run.backbone()
+    result, seeds = _affine_profile(run, backbone, learner, seed)
+    return run.finish("affine", result, seeds=seeds)
+
+
+def evaluate_equivariance(
+    ckpt: str | Path,
+    *,
+    dataset: str | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    cache: bool = True,
+    max_iter: int | None = None,
+    progress: bool = False,
+    data: Dataset | None = None,
+) -> dict:
+    """The equivariance profile of any checkpoint: affine R² per component (the affine probe's numbers),
+    AugSelf's crop and colour Δ R², 4-way rotation accuracy, and each trained head's own score (affssl.eval.profile).
+
+    `max_iter` bounds each L-BFGS fit of the rotation probe (default linear.MAX_ITER).
+    """
+    from affssl.eval import profile
 
     run = Session(ckpt, dataset, seed, limit, device, batch_size, cache, progress, data, need_labels=False)
+    learner = _learner(run.source)
+    backbone = learner.backbone if learner is not None else run.backbone()
+    blocks = dict(learner.objectives) if learner is not None else {}
+    affine_result, affine_seeds = _affine_profile(run, backbone, learner, seed)
+    spec = run.source.spec.augment if run.source.spec is not None else AugmentSpec()
+    offset = profile.VIEW_SEED_OFFSET
+    pairs = {s: profile.pair_views(run.split(s).images, spec, seed + offset[s]) for s in offset}
+    h1 = {s: run.images_features(backbone, pairs[s].v1, f"{s}-view1-seed{seed + offset[s]}") for s in offset}
+    h2 = {s: run.images_features(backbone, pairs[s].v2, f"{s}-view2-seed{seed + offset[s]}") for s in offset}
+    turned = {s: profile.rotated(run.split(s).images) for s in offset}  # (4N, 3, S, S), (4N,)
+    h_rot = {s: run.images_features(backbone, turned[s][0], f"{s}-rot90x4") for s in offset}
+    with run.timed("probe"):
+        r2, r2_cols = profile.augself_r2(h1["train"], h2["train"], pairs["train"].targets, h1["test"], h2["test"],
+                                         pairs["test"].targets)  # fmt: skip
+        head = blocks.get("augself")
+        augself_head = profile.augself_head_r2(head, h1["test"], h2["test"], pairs["test"].targets) if head else None
+        acc, c = profile.rotation_probe(h_rot["train"], turned["train"][1], h_rot["test"], turned["test"][1], seed,
+                                        max_iter)  # fmt: skip
+        head = blocks.get("rotation")
+        head_acc = profile.rotation_head_acc(head, h_rot["test"], turned["test"][1]) if head else None
+    result = {
+        "affine": affine_result,
+        "augself": {
+            "r2": r2,
+            "r2_columns": r2_cols,
+            "r2_head": None if augself_head is None else augself_head["r2"],
+            "r2_head_columns": None if augself_head is None else augself_head["r2_columns"],
+            "augment": json.loads(spec.model_dump_json()),
+        },
+        "rotation": profile.RotationResult(acc, c, head_acc).summary(),
+        "heads": [name for name in ("affine", "augself", "rotation") if _has_head(learner, name)],
+    }
+    seeds = [*affine_seeds, seed + offset["train"], seed + offset["test"], seed]  # φ, the views, the rotation split
+    return run.finish("equivariance", result, seeds=seeds, max_iter=max_iter)
+
+
+def _learner(source):
+    """The whole trained model when the file is a training checkpoint with any head to score, else None
+    (also for a floor, affssl.floor: its heads were never trained)."""
+    spec = source.spec
+    if source.format != TRAIN_FORMAT or spec is None or _untrained(source):
+        return None
+    return load_learner(source) if any(getattr(spec, name).enabled for name in ("affine", "augself", "rotation")) \
+        else None  # fmt: skip
+
+
+def _untrained(source) -> bool:
+    from affssl.floor import FLOOR_EPOCH  # the learner's imports: only when a probe runs
+
+    return str(source.header.get("epoch")) == str(FLOOR_EPOCH)
+
+
+def _has_head(learner, name: str) -> bool:
+    if learner is None:
+        return False
+    return learner.head is not None if name == "affine" else name in learner.objectives
+
+
+def _affine_profile(run: Session, backbone, learner, seed: int) -> tuple[dict, list[int]]:
+    """The affine probe's result (R² per component and column, the trained head's R²) and its φ seeds."""
+    from affssl.eval import equivariance
+
     source, size = run.source, run.data.image_size_px
     trained = source.spec.affine if source.spec is not None else AffineSpec()
-    learner = load_learner(source) if source.format == TRAIN_FORMAT and trained.enabled else None
-    backbone = learner.backbone if learner is not None else run.backbone()
+    head = learner.head if learner is not None and trained.enabled else None
     spec = equivariance.probe_spec(trained)
     offset = equivariance.PROBE_SEED_OFFSET
     phi = {s: equivariance.sample_phi(len(run.split(s).images), spec, size, seed + offset[s]) for s in offset}
@@ -106,14 +200,16 @@ def evaluate_affine(
             h["train"], hw["train"], phi["train"], h["test"], hw["test"], phi["test"], spec, size
         )
         r2_head = None
-        if learner is not None:
+        if head is not None:
             embed = learner.method.embed if trained.location == "projector" else None
-            r2_head = equivariance.head_r2(learner.head.mlp, embed, h["test"], hw["test"], phi["test"], trained, size)
+            r2_head = equivariance.head_r2(head.mlp, embed, h["test"], hw["test"], phi["test"], trained, size)
     result = equivariance.AffineResult(r2, r2_cols, r2_head).summary()
     result["probe_affine"] = json.loads(spec.model_dump_json())
-    result["head_note"] = (
-        None
-        if learner is not None
-        else ("no head: a backbone export" if source.format != TRAIN_FORMAT else "no head: trained without the module")
-    )
-    return run.finish("affine", result, seeds=[seed + offset["train"], seed + offset["test"]])
+    result["head_note"] = None if head is not None else _head_note(source)
+    return result, [seed + offset["train"], seed + offset["test"]]
+
+
+def _head_note(source) -> str:
+    if source.format != TRAIN_FORMAT:
+        return "no head: a backbone export"
+    return "no head: an untrained encoder (floor)" if _untrained(source) else "no head: trained without the module"

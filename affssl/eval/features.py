@@ -190,6 +190,8 @@ def extract(
 ) -> Tensor:
     """Features (N, F) float32 on the CPU of uint8 images (N, 3, S, S), optionally warped by φ (N, 6) first.
 
+    Float images (N, 3, S, S) in [0, 1] (augmented views: affssl.eval.profile) are taken as they are.
+
     The forward pass runs under the training precision policy (`precision_name` as train.precision:
     auto is bf16 autocast on CUDA and on CPUs with native bf16); the warp and the features stay fp32.
     """
@@ -201,8 +203,9 @@ def extract(
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            x = source[start : start + batch_size].to(device, non_blocking=True)  # (b, 3, S, S) uint8
-            x = x.contiguous(memory_format=torch.channels_last).float().div_(255)  # cast once, in place
+            x = source[start : start + batch_size].to(device, non_blocking=True)  # (b, 3, S, S) uint8 or float
+            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()  # cast once, in place; views: as given
             if phi is not None:
                 x = affine.warp(x, phi[start : start + batch_size].to(device), affine_spec)
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -9,7 +9,7 @@ from rich.text import Text
 
 def table(record: dict) -> Group:
     """The protocol's numbers in a table, then lines saying where they came from."""
-    build = {"linear": _linear, "knn": _knn, "affine": _affine}[record["protocol"]]
+    build = {"linear": _linear, "knn": _knn, "affine": _affine, "equivariance": _equivariance}[record["protocol"]]
     t = Table(header_style="bold")
     build(t, record["result"])
     return Group(Text(_title(record), style="bold"), t, Text(_caption(record), style="dim"))
@@ -18,7 +18,8 @@ def table(record: dict) -> Group:
 def _title(r: dict) -> str:
     d = r["dataset"]
     kind = "transfer to " if d["transfer"] else ""
-    names = {"linear": "linear probe", "knn": "weighted kNN", "affine": "equivariance probe"}
+    names = {"linear": "linear probe", "knn": "weighted kNN", "affine": "equivariance probe",
+             "equivariance": "equivariance profile"}  # fmt: skip
     return f"{names[r['protocol']]} — {kind}{d['name']} ({d['n_train']} train / {d['n_test']} test)"
 
 
@@ -81,3 +82,25 @@ def _affine(t: Table, res: dict) -> None:
     if res["head_note"]:
         t.add_section()
         t.add_row(res["head_note"], "", "")
+
+
+def _equivariance(t: Table, res: dict) -> None:
+    """One row per probed quantity: affine components, AugSelf's Δ types, rotation; probe and own head."""
+    t.add_column("task")
+    t.add_column("target")
+    t.add_column("probe (test)", justify="right")
+    t.add_column("own head (test)", justify="right")
+    affine, augself, rotation = res["affine"], res["augself"], res["rotation"]
+    head = affine["r2_head"] or {}
+    for name, r2 in affine["r2"].items():
+        t.add_row("affine", f"{name} R²", f"[bold]{r2:.3f}[/]", f"{head[name]:.3f}" if name in head else "—")
+    t.add_section()
+    head = augself["r2_head"] or {}
+    for name, r2 in augself["r2"].items():
+        t.add_row("augself", f"{name} Δ R²", f"[bold]{r2:.3f}[/]", f"{head[name]:.3f}" if name in head else "—")
+    t.add_section()
+    own, chance = rotation["head_acc_pct"], rotation["chance_pct"]
+    t.add_row("rotation", f"4-way accuracy % (chance {chance:.0f})", f"[bold]{rotation['acc_pct']:.2f}[/]",
+              "—" if own is None else f"{own:.2f}")  # fmt: skip
+    t.add_section()
+    t.add_row("heads", ", ".join(res["heads"]) or "none: no trained head for these tasks", "", "")

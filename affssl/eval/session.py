@@ -105,6 +105,19 @@ class Session:
         self.cache_state[tag] = "off" if not self.use_cache else ("hit" if hit else "miss")
         return h
 
+    def images_features(self, backbone, images: Tensor, name: str) -> Tensor:
+        """Features (N, F) of images made from a split (augmented views, rotations), cached like a split's.
+
+        `name` tells people what they are ("test-view1-seed3"); the images' bytes decide the cache key.
+        """
+        tag = f"{self.data.tag}-{name}-{self.data.image_size_px}px"
+        with self.timed("features"), _progress(self.progress, f"features {tag}", len(images)) as advance:
+            h, hit = cached_features(self.source, backbone, images, tag, batch_size=self.batch_size,
+                                     device=self.device, use_cache=self.use_cache, advance=advance,
+                                     precision_name=self.precision)  # fmt: skip
+        self.cache_state[tag] = "off" if not self.use_cache else ("hit" if hit else "miss")
+        return h
+
     def finish(self, protocol: str, result: dict, seeds: list[int], **options) -> dict:
         from affssl import __version__
 
