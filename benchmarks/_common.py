@@ -19,7 +19,7 @@ from affssl.engine import resolve_device
 from affssl.learner import Learner
 from affssl.optim import build_optimizer, lr_at
 from affssl.spec import METHOD_SPECS, DataSpec, RunSpec, load_spec
-from affssl.streams import generator
+from affssl.streams import generator, objective_generators
 
 __all__ = [
     "EngineStep",
@@ -115,9 +115,9 @@ class EngineStep:
         self.optimizer = build_optimizer(params, spec.optim, fused=device.type == "cuda")
         self.model = torch.compile(self.learner) if spec.train.compile else self.learner
         seed = spec.train.seed
-        self.g_order, self.g_views, self.g_affine = (
-            generator(seed, k, 0, device) for k in ("order", "views", "affine")
-        )
+        self.g_order, self.g_views = (generator(seed, k, 0, device) for k in ("order", "views"))
+        self.g_objectives = objective_generators(seed, 0, device)  # affine, rotation, care: each its own stream
+        self.g_affine = self.g_objectives["affine"]
         self.order, self.step = iter(()), 0
         self.passes = 2 + (spec.affine.views if spec.affine.enabled else 0)  # online encoder passes per image
 
@@ -129,7 +129,7 @@ class EngineStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, 10**6, 100, self.spec.optim)
         with self.policy.autocast():
-            loss, _ = self.model(self.images[index], self.g_views, self.g_affine)
+            loss, _ = self.model(self.images[index], self.g_views, self.g_objectives)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
