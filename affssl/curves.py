@@ -49,9 +49,19 @@ def draw(run: Path) -> Path:
     ax[3].plot(*series(records, "epoch", "monitor_knn_top1", "epoch"), marker="o")
     _finish(ax[3], "monitor: kNN top-1 (%)", "epoch")
     fields = sorted({k for r in records if r.get("kind") == "epoch" for k in r if k.startswith("monitor_r2_")})
-    for field in fields:
-        ax[4].plot(*series(records, "epoch", field, "epoch"), marker="o", label=field.removeprefix("monitor_r2_"))
-    _finish(ax[4], "monitor: affine head R² (below −1 cut)", "epoch", legend=bool(fields))
+    batch = [f for f in fields if f.startswith("monitor_r2_batch_")]  # the head as trained: solid
+    for i, field in enumerate(batch):
+        ax[4].plot(*series(records, "epoch", field, "epoch"), marker="o", color=f"C{i}",
+                   label=field.removeprefix("monitor_r2_batch_"))  # fmt: skip
+    for i, field in enumerate(f for f in fields if f not in batch):  # eval mode: dashed, the same colour
+        ax[4].plot(*series(records, "epoch", field, "epoch"), marker=".", linestyle="--", color=f"C{i}",
+                   label=field.removeprefix("monitor_r2_") + (" (eval mode)" if batch else ""))  # fmt: skip
+    title = (
+        "monitor: affine head R² (dashed: eval mode; below −1 cut)"
+        if batch
+        else "monitor: affine head R² (below −1 cut)"
+    )
+    _finish(ax[4], title, "epoch", legend=bool(fields))
     if fields:
         ax[4].set_ylim(max(-1.0, ax[4].get_ylim()[0]), 1.0)
     for field, label in (("epoch_time_s", "training"), ("monitor_time_s", "monitor")):

@@ -10,8 +10,11 @@ from the run's seed with a generator of its own:
   training images held out of the bank;
 - with the affine module on, the R² per component of the module's own head on MONITOR_WARPS queries
   warped by a fixed φ (the run's ranges and components), the head's BatchNorm normalising with the
-  statistics of the scored pairs as in training (see affssl.eval.equivariance.head_r2), computed
-  functionally so that no running statistic moves.
+  statistics of the scored pairs as in training (see affssl.eval.equivariance.head_r2), twice:
+  `monitor_r2_<component>` with the encoder in eval mode (running statistics), and
+  `monitor_r2_batch_<component>` with the encoder as it is trained, each pass of clean and of warped
+  queries normalised by its own batch statistics (affssl.batchstats: the two can differ by 0.8 for
+  rotation, results/cifar10-cpu-objectives/pilots.md). Neither moves a running statistic.
 
 The rows are chosen on labels alone (`choose`), so both storages pick the same ones: on tensor
 storage they index the decoded splits in memory (`pick`); on chunk storage, where no decoded set is
@@ -36,10 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from affssl import affine, distributed
+from affssl import affine, batchstats, distributed
 from affssl.data import Dataset, monitorset, stratified
 from affssl.data.chunkread import ChunkFeed
 from affssl.data.sources import labelled
@@ -202,36 +204,45 @@ class Monitor:
                 top1 = 100.0 * float((pred[K].cpu() == s.queries.labels).double().mean())
                 out = {"monitor_knn_top1": top1}
                 if s.phi is not None and learner.head is not None:
-                    out |= self.head_r2(learner, h_query[: len(s.phi)])
+                    out |= self.head_r2(learner, h_query[: len(s.phi)], "monitor_r2_")
+                    with batchstats.batch_statistics(learner):  # as trained: each pass on its own statistics
+                        out |= self.head_r2(learner, None, "monitor_r2_batch_")
         finally:
             for module, mode in modes:
                 module.training = mode
         return out | {"monitor_time_s": time.perf_counter() - t0}
 
-    def head_r2(self, learner: nn.Module, h: Tensor) -> dict[str, float]:
-        """R² per trained component of the head's prediction of the fixed φ from (h, h_warped) pairs."""
+    def head_r2(self, learner: nn.Module, h: Tensor | None, prefix: str) -> dict[str, float]:
+        """R² per trained component ("<prefix><component>") of the head's prediction of the fixed φ from
+        (h, h_warped) pairs: h (W, F) the clean queries' encoder features (None: encoded here batch by batch,
+        as h_warped always is)."""
         s, spec = self.subset, self.spec.affine
         phi = s.phi.to(self.device)  # (W, 6)
         encoder: Callable[[Tensor], Tensor] = learner.backbone
         if spec.location == "projector":
-            encoder, h = learner.embedded, learner.method.embed(h)  # (W, D)
+            encoder, h = learner.embedded, None if h is None else learner.method.embed(h)  # (W, D)
+        if h is None:
+            h = self.embed(encoder, s.queries, learner.head.feat_dim, n=len(phi))  # (W, D): the first W queries
         h_warped = self.embed(encoder, s.queries, learner.head.feat_dim, phi)  # (W, D): the first W queries
-        pred = batch_stat_forward(learner.head, affine.aggregate(h, h_warped, spec.aggregation)).float()  # (W, k)
+        with batchstats.batch_statistics(learner.head):  # the head normalises by the scored pairs, as in training
+            pred = learner.head.predict(affine.aggregate(h, h_warped, spec.aggregation)).float()  # (W, k)
         target = affine.targets(phi, spec, self.spec.data.image_size_px)  # (W, k)
         cols = r2_per_column(target, pred)  # (k,)
         out, i = {}, 0
         for name in spec.components:
             width = len(affine.COLUMNS[name])
-            out[f"monitor_r2_{name}"] = float(cols[i : i + width].mean())
+            out[f"{prefix}{name}"] = float(cols[i : i + width].mean())
             i += width
         return out
 
-    def embed(self, encoder: Callable[[Tensor], Tensor], images: Images, dim: int, phi: Tensor | None = None) -> Tensor:
-        """Features (n, dim) float32 on the device of the images; with φ (n, 6), of the first n warped by it.
+    def embed(self, encoder: Callable[[Tensor], Tensor], images: Images, dim: int, phi: Tensor | None = None,
+              n: int | None = None) -> Tensor:  # fmt: skip
+        """Features (n, dim) float32 on the device of the first n images (all; with φ (n, 6): len(φ)), warped by φ.
 
         The batches are dealt round-robin to the processes and the features gathered back in order.
         """
-        n, world, rank = len(images) if phi is None else len(phi), distributed.world_size(), distributed.rank()
+        n = n or (len(images) if phi is None else len(phi))
+        world, rank = distributed.world_size(), distributed.rank()
         n_batches = -(-n // self.batch)
         slots = -(-n_batches // world)  # batches per process, the last ones padded
         mine = torch.zeros(slots, self.batch, dim, device=self.device)  # (slots, B, dim)
@@ -246,16 +257,6 @@ class Monitor:
         return every.transpose(0, 1).reshape(-1, dim)[:n]  # (n, dim)
 
 
-def batch_stat_forward(head: nn.Module, z: Tensor) -> Tensor:
-    """The head on z (W, D) with each BatchNorm normalising by the batch's own statistics, none updated."""
-    for layer in head.children():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-            z = F.batch_norm(z, None, None, layer.weight, layer.bias, training=True, eps=layer.eps)
-        else:
-            z = layer(z)
-    return z
-
-
 def r2_per_column(target: Tensor, pred: Tensor) -> Tensor:
     """Coefficient of determination per column (k,), float64, as sklearn's r2_score: a constant target
     scores 1 when predicted exactly, else 0."""
@@ -267,7 +268,11 @@ def r2_per_column(target: Tensor, pred: Tensor) -> Tensor:
 
 
 def describe(scores: dict[str, float]) -> str:
-    """The progress line's part: 'kNN 41.2 %  R² 0.63' (R²: mean over components)."""
+    """The progress line's part: 'kNN 41.2 %  R² 0.63 (eval mode 0.21)' (R²: mean over components; first as
+    trained, batch statistics; then with the encoder in eval mode)."""
     text = f"kNN {scores['monitor_knn_top1']:.1f} %"
-    r2 = [v for k, v in scores.items() if k.startswith("monitor_r2_")]
-    return text + (f"  R² {sum(r2) / len(r2):.2f}" if r2 else "")
+    batch = [v for k, v in scores.items() if k.startswith("monitor_r2_batch_")]
+    running = [v for k, v in scores.items() if k.startswith("monitor_r2_") and not k.startswith("monitor_r2_batch_")]
+    if not batch:
+        return text
+    return text + f"  R² {sum(batch) / len(batch):.2f} (eval mode {sum(running) / len(running):.2f})"

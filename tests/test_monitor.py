@@ -23,6 +23,7 @@ from affssl.spec import load_spec
 
 TINY = ["backbone.width=4", "data.image_size_px=16", "train.batch_size=32", "data.limit=128"]
 FP32 = Policy("cpu", None, torch.contiguous_format)
+COMPONENTS_SORTED = ("rotation", "scale", "shear", "translation")
 
 
 def tiny(*overrides: str):
@@ -117,8 +118,22 @@ def test_scores_match_naive_knn_and_the_equivariance_probe(location):
     expected = head_r2(reference.head.mlp, embed, h_query[: len(subset.phi)], h_warped, subset.phi, spec.affine, 16)
     for name, r2 in expected.items():
         assert scores[f"monitor_r2_{name}"] == pytest.approx(r2, abs=1e-5)
+    # as trained: a copy in train mode, clean and warped queries each encoded batch by batch (batch size 32)
+    as_trained = trained_looking(spec).train()
+    w, b = len(subset.phi), spec.train.batch_size
+    warped = affine.warp(queries[:w], subset.phi, spec.affine)
+    encoder = as_trained.embedded if location == "projector" else as_trained.backbone  # the head's input, per batch
+    with torch.no_grad():
+        h_b = torch.cat([encoder(queries[i : min(w, i + b)]) for i in range(0, w, b)])  # (W, F or D)
+        hw_b = torch.cat([encoder(warped[i : i + b]) for i in range(0, w, b)])
+    expected_b = head_r2(as_trained.head.mlp, None, h_b, hw_b, subset.phi, spec.affine, 16)
+    for name, r2 in expected_b.items():
+        assert scores[f"monitor_r2_batch_{name}"] == pytest.approx(r2, abs=1e-5)
+        assert abs(r2 - expected[name]) > 1e-3  # the two scorings differ here: the test tells them apart
     assert scores["monitor_time_s"] > 0
-    assert monitor.describe(scores).startswith(f"kNN {top1:.1f} %  R² ")
+    mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
+    assert monitor.describe(scores) == (f"kNN {top1:.1f} %  R² {mean(expected_b):.2f} "
+                                        f"(eval mode {mean(expected):.2f})")  # fmt: skip
 
 
 def test_r2_per_column_is_sklearns():
@@ -189,8 +204,8 @@ def test_watching_leaves_training_bit_identical(tmp_path, precision):
         assert same(f.metadata()) == same(g.metadata())  # the run's spec differs, and metrics hold its timings
     epochs = [r for r in runs.read_metrics(tmp_path / "seen") if r["kind"] == "epoch"]
     assert [sorted(k for k in r if k.startswith("monitor_")) for r in epochs] == [
-        ["monitor_knn_top1", *(f"monitor_r2_{c}" for c in ("rotation", "scale", "shear", "translation")),
-         "monitor_time_s"]] * 2  # fmt: skip
+        ["monitor_knn_top1", *(f"monitor_r2_batch_{c}" for c in COMPONENTS_SORTED),
+         *(f"monitor_r2_{c}" for c in COMPONENTS_SORTED), "monitor_time_s"]] * 2  # fmt: skip
     assert not any(k.startswith("monitor_") for r in runs.read_metrics(tmp_path / "plain") for k in r)
 
 

@@ -22,8 +22,9 @@ from affssl.data import load_dataset, storage
 from affssl.engine import pretrain
 
 WATCHED = ("train.monitor_images=20", "train.monitor_queries=12")
-MONITOR_FIELDS = ["monitor_knn_top1", *(f"monitor_r2_{c}" for c in ("rotation", "scale", "shear", "translation")),
-                  "monitor_time_s"]  # fmt: skip
+COMPONENTS = ("rotation", "scale", "shear", "translation")
+MONITOR_FIELDS = ["monitor_knn_top1", *(f"monitor_r2_batch_{c}" for c in COMPONENTS),
+                  *(f"monitor_r2_{c}" for c in COMPONENTS), "monitor_time_s"]  # fmt: skip
 
 
 def with_test_split(root: Path, per_class: int = 8, square: int | None = None) -> Path:

@@ -3,6 +3,7 @@ rotations against their definitions, and the profile of a tiny checkpoint traine
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -11,9 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from affssl import augment
+from affssl import affine, augment, precision
 from affssl.cli import app
-from affssl.eval import evaluate_affine, evaluate_equivariance, profile
+from affssl.eval import equivariance, evaluate_affine, evaluate_equivariance, profile
+from affssl.eval.features import open_source
+from affssl.eval.session import Session, load_learner
+from affssl.objectives import rotation
 from affssl.objectives.augself import augself_targets
 from affssl.spec import AugmentSpec
 
@@ -142,3 +146,50 @@ def test_an_exported_backbone_gets_the_same_profile_without_heads(aux_run, tmp_p
     assert result["affine"]["head_note"] == "no head: a backbone export"
     assert result["affine"]["r2"] == trained["affine"]["r2"]  # the same encoder: the same probe numbers
     assert result["rotation"]["acc_pct"] == trained["rotation"]["acc_pct"]
+
+
+def test_every_head_is_also_scored_as_trained_on_batch_statistics_of_its_own_passes(make_checkpoint, tmp_path,
+                                                                                      monkeypatch):  # fmt: skip
+    """r2_head_batch / head_acc_pct_batch against a naive reference: a copy of the model in train mode, each set
+    of test images (clean, warped, each view, E-SSL's small views with their four turns) encoded batch by batch."""
+    monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
+    overrides = ("backbone.width=4", "data.image_size_px=16", "data.dataset=digits", "train.batch_size=16",
+                 "train.precision=fp32", "augself.enabled=true", "rotation.enabled=true")  # fmt: skip
+    ckpt = make_checkpoint(overrides, "batch")
+    result = evaluate_equivariance(ckpt, limit=60, device="cpu", max_iter=50)["result"]
+
+    source = open_source(ckpt)
+    spec, learner = source.spec, load_learner(source)
+    session = Session(ckpt, None, 0, 60, "cpu", 256, False, False, None, need_labels=False)
+    x = session.split("test").images  # (N, 3, 16, 16) uint8
+    trained = copy.deepcopy(learner).train()  # running statistics may move: it is a copy
+    policy = precision.resolve(spec.train.precision, "channels_last", torch.device("cpu"))
+    b = spec.train.batch_size
+    assert len(x) > 2 * b  # several batches: the batching is part of what is checked
+
+    def encode(images: torch.Tensor, batch: int = b) -> torch.Tensor:
+        with torch.no_grad(), policy.autocast():
+            return torch.cat([trained.backbone(images[i : i + batch]).float() for i in range(0, len(images), batch)])
+
+    probe = equivariance.probe_spec(spec.affine)
+    phi = equivariance.sample_phi(len(x), probe, 16, equivariance.PROBE_SEED_OFFSET["test"])  # seed 0 + offset
+    clean = x.float() / 255
+    expected = equivariance.head_r2(learner.head.mlp, None, encode(clean), encode(affine.warp(clean, phi, probe)),
+                                    phi, spec.affine, 16)  # fmt: skip
+    assert result["affine"]["r2_head_batch"] == pytest.approx(expected, abs=1e-4)
+    assert result["affine"]["r2_head_batch"] != pytest.approx(result["affine"]["r2_head"], abs=1e-3)
+
+    pairs = profile.pair_views(x, spec.augment, profile.VIEW_SEED_OFFSET["test"])
+    expected = profile.augself_head_r2(learner.objectives["augself"], encode(pairs.v1), encode(pairs.v2),
+                                       pairs.targets)["r2"]  # fmt: skip
+    assert result["augself"]["r2_head_batch"] == pytest.approx(expected, abs=1e-4)
+
+    gen = torch.Generator().manual_seed(profile.SMALL_VIEW_SEED_OFFSET)
+    small = rotation.small_views(x, spec.rotation, spec.augment, gen, 16)  # (N, 3, 8, 8)
+    hits = 0
+    for i in range(0, len(small), b):  # one training step's pass: all four turns of b views together
+        turned = torch.cat([torch.rot90(small[i : i + b], k, dims=(2, 3)) for k in range(4)])  # (4b, 3, 8, 8)
+        labels = torch.arange(4).repeat_interleave(len(turned) // 4)
+        with torch.no_grad():
+            hits += int((learner.objectives["rotation"].predict(encode(turned, 4 * b)).argmax(1) == labels).sum())
+    assert result["rotation"]["head_acc_pct_batch"] == pytest.approx(100.0 * hits / (4 * len(small)), abs=1e-9)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from affssl import batchstats
 from affssl.checkpoint import TRAIN_FORMAT
 from affssl.data import Dataset
 from affssl.errors import UserError
@@ -145,6 +146,25 @@ def evaluate_equivariance(
                                         max_iter)  # fmt: skip
         head = blocks.get("rotation")
         head_acc = profile.rotation_head_acc(head, h_rot["test"], turned["test"][1]) if head else None
+    augself_batch = rotation_batch = None  # the heads as trained (affssl.batchstats)
+    if blocks.get("augself") is not None:
+        name = f"test-view{{}}-seed{seed + offset['test']}"
+        hb1, hb2 = (run.images_features(backbone, v, name.format(i), batch_stats=True)
+                    for i, v in ((1, pairs["test"].v1), (2, pairs["test"].v2)))  # fmt: skip
+        augself_batch = profile.augself_head_r2(blocks["augself"], hb1, hb2, pairs["test"].targets)
+    if blocks.get("rotation") is not None:
+        trained = run.source.spec
+        small, labels = profile.small_view_turns(
+            run.split("test").images, trained, seed + profile.SMALL_VIEW_SEED_OFFSET
+        )
+        h_small = run.images_features(
+            backbone,
+            small,
+            f"test-smallviews-rot90x4-seed{seed + profile.SMALL_VIEW_SEED_OFFSET}",
+            batch_stats=True,
+            batch_size=profile.ROTATIONS * trained.train.batch_size,
+        )
+        rotation_batch = profile.rotation_head_acc(blocks["rotation"], h_small, labels)
     result = {
         "affine": affine_result,
         "augself": {
@@ -152,9 +172,10 @@ def evaluate_equivariance(
             "r2_columns": r2_cols,
             "r2_head": None if augself_head is None else augself_head["r2"],
             "r2_head_columns": None if augself_head is None else augself_head["r2_columns"],
+            "r2_head_batch": None if augself_batch is None else augself_batch["r2"],
             "augment": json.loads(spec.model_dump_json()),
         },
-        "rotation": profile.RotationResult(acc, c, head_acc).summary(),
+        "rotation": profile.RotationResult(acc, c, head_acc, rotation_batch).summary(),
         "heads": [name for name in ("affine", "augself", "rotation") if _has_head(learner, name)],
     }
     seeds = [*affine_seeds, seed + offset["train"], seed + offset["test"], seed]  # φ, the views, the rotation split
@@ -199,11 +220,16 @@ def _affine_profile(run: Session, backbone, learner, seed: int) -> tuple[dict, l
         r2, r2_cols = equivariance.probe(
             h["train"], hw["train"], phi["train"], h["test"], hw["test"], phi["test"], spec, size
         )
-        r2_head = None
+        r2_head = r2_head_batch = None
         if head is not None:
             embed = learner.method.embed if trained.location == "projector" else None
             r2_head = equivariance.head_r2(head.mlp, embed, h["test"], hw["test"], phi["test"], trained, size)
-    result = equivariance.AffineResult(r2, r2_cols, r2_head).summary()
+    if head is not None:  # as trained: each pass (clean, warped) on its own batch statistics
+        h_b, hw_b = (run.features(backbone, "test", p, spec if p is not None else None, batch_stats=True)
+                     for p in (None, phi["test"]))  # fmt: skip
+        with run.timed("probe"), batchstats.batch_statistics(learner):
+            r2_head_batch = equivariance.head_r2(head.mlp, embed, h_b, hw_b, phi["test"], trained, size)
+    result = equivariance.AffineResult(r2, r2_cols, r2_head, r2_head_batch).summary()
     result["probe_affine"] = json.loads(spec.model_dump_json())
     result["head_note"] = None if head is not None else _head_note(source)
     return result, [seed + offset["train"], seed + offset["test"]]

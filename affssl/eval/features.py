@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_bytes
 from torch import Tensor, nn
 
-from affssl import affine, checkpoint, hostmem, precision
+from affssl import affine, batchstats, checkpoint, hostmem, precision
 from affssl.backbones import build_backbone, torchvision_model
 from affssl.checkpoint import BACKBONE_FORMAT, TRAIN_FORMAT, CheckpointError
 from affssl.errors import UserError
@@ -187,10 +188,13 @@ def extract(
     affine_spec: AffineSpec | None = None,
     advance: Callable[[int], None] | None = None,
     precision_name: str = "auto",
+    batch_stats: bool = False,
 ) -> Tensor:
     """Features (N, F) float32 on the CPU of uint8 images (N, 3, S, S), optionally warped by φ (N, 6) first.
 
     Float images (N, 3, S, S) in [0, 1] (augmented views: affssl.eval.profile) are taken as they are.
+    `batch_stats`: every BatchNorm normalises each batch by its own statistics, as in training
+    (affssl.batchstats), so the features depend on `batch_size`; otherwise eval mode (running statistics).
 
     The forward pass runs under the training precision policy (`precision_name` as train.precision:
     auto is bf16 autocast on CUDA and on CPUs with native bf16); the warp and the features stay fp32.
@@ -201,7 +205,7 @@ def extract(
         hostmem.keep_freed_memory()  # reuse activation blocks between batches
     source = images.to(device) if device.type == "cuda" else images  # uint8 is small: one copy
     chunks = []
-    with torch.inference_mode():
+    with torch.inference_mode(), batchstats.batch_statistics(backbone) if batch_stats else nullcontext():
         for start in range(0, len(images), batch_size):
             x = source[start : start + batch_size].to(device, non_blocking=True)  # (b, 3, S, S) uint8 or float
             x = x.contiguous(memory_format=torch.channels_last)
@@ -242,6 +246,7 @@ def cached_features(
     affine_spec: AffineSpec | None = None,
     advance: Callable[[int], None] | None = None,
     precision_name: str = "auto",
+    batch_stats: bool = False,
 ) -> tuple[Tensor, bool]:
     """(features (N, F), cache hit) for images; stored under source.eval_dir/cache/<tag>-<key>.safetensors.
 
@@ -251,13 +256,14 @@ def cached_features(
     variant = "plain" if phi is None else "warp:" + affine_spec.model_dump_json() + ":" + _tensor_digest(phi)
     policy = precision.resolve(precision_name, "channels_last", device)
     variant += "" if policy.dtype is None else f":{policy.name}"  # bf16 features are cached apart from fp32 ones
+    variant += f":batch-statistics:{batch_size}" if batch_stats else ""  # then the batches decide the features
     key = content_key(source, images, variant)
     path = source.eval_dir / "cache" / f"{slug(tag)}-{key[:16]}.safetensors"
     if use_cache and (hit := _read_cache(path, key, len(images))) is not None:
         if advance is not None:
             advance(len(images))
         return hit, True
-    h = extract(backbone, images, batch_size, device, phi, affine_spec, advance, precision_name)  # (N, F)
+    h = extract(backbone, images, batch_size, device, phi, affine_spec, advance, precision_name, batch_stats)  # (N, F)
     if use_cache:
         meta = {
             "format": FEATURES_FORMAT,

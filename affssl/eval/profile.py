@@ -15,7 +15,12 @@ the paper's linear probe (multinomial logistic regression, C chosen on a validat
 train: affssl.eval.linear.trial) on the frozen features, accuracy in % on test; chance is 25 %.
 
 A checkpoint trained with a head for a task (AugSelf, rotation) is also scored by that head on
-the same test images: R² of tanh(head) per column and type, and the head's rotation accuracy.
+the same test images: R² of tanh(head) per column and type, and the head's rotation accuracy; and
+as trained (`r2_head_batch`, `head_acc_pct_batch`): the encoder normalising each batch by its own
+statistics (affssl.batchstats), AugSelf's head on the same test views in batches of the training
+batch size, E-SSL's head on its own task: small views of the test images drawn as the objective
+draws them (its side, crop scale, jitter), all four turns of B views in one batch of 4B as in a
+training step.
 
 Dimensions: N images, S image side in px, F feature dimension.
 """
@@ -33,10 +38,11 @@ from torch import Tensor, nn
 from affssl import augment
 from affssl.eval.equivariance import r2_columns
 from affssl.objectives.augself import TYPES, augself_targets
-from affssl.objectives.rotation import ROTATIONS
-from affssl.spec import AugmentSpec
+from affssl.objectives.rotation import ROTATIONS, rotations, small_views
+from affssl.spec import AugmentSpec, RunSpec
 
 VIEW_SEED_OFFSET = {"train": 2, "test": 3}  # the views' streams; affine φ uses offsets 0 and 1
+SMALL_VIEW_SEED_OFFSET = 4  # E-SSL's small test views, for its head as trained
 VIEW_CHUNK = 1024  # images per call to the view pipeline: bounds its memory (the draws depend on it: keep it)
 COLUMNS: dict[str, tuple[str, ...]] = {  # AugSelf's Δ columns per type, in the objective's order
     "crop": ("centre_y", "centre_x", "height", "width"),
@@ -108,14 +114,27 @@ def rotated(images: Tensor) -> tuple[Tensor, Tensor]:
     return turned, labels
 
 
+def small_view_turns(images: Tensor, spec: RunSpec, seed: int) -> tuple[Tensor, Tensor]:
+    """E-SSL's task as trained: small views of uint8 images (N, 3, S, S) drawn as the run's rotation objective
+    draws them (from a CPU generator seeded with `seed`), turned four ways per chunk of B = train.batch_size
+    views, as one training step stacks them: (4N, 3, s, s) float32 and labels (4N,), rows of chunk c at
+    4·c·B + k·b + i (view i of the chunk's b turned k times)."""
+    gen = torch.Generator().manual_seed(seed)
+    views = small_views(images, spec.rotation, spec.augment, gen, spec.data.image_size_px)  # (N, 3, s, s)
+    turns = [rotations(views[i : i + spec.train.batch_size]) for i in range(0, len(views), spec.train.batch_size)]
+    return torch.cat([t for t, _ in turns]), torch.cat([y for _, y in turns])
+
+
 @dataclass(frozen=True)
 class RotationResult:
     acc_pct: float  # the linear probe's test accuracy
     C: float  # its inverse penalty, chosen on the validation split of train
-    head_acc_pct: float | None  # the checkpoint's own rotation head, None without one
+    head_acc_pct: float | None  # the checkpoint's own rotation head on whole test images, eval mode; None without one
+    head_acc_pct_batch: float | None = None  # the head on its own small views, encoder as trained (batch statistics)
 
     def summary(self) -> dict:
-        return {"acc_pct": self.acc_pct, "chance_pct": CHANCE_PCT, "C": self.C, "head_acc_pct": self.head_acc_pct}
+        return {"acc_pct": self.acc_pct, "chance_pct": CHANCE_PCT, "C": self.C, "head_acc_pct": self.head_acc_pct,
+                "head_acc_pct_batch": self.head_acc_pct_batch}  # fmt: skip
 
 
 def rotation_probe(h_train: Tensor, y_train: Tensor, h_test: Tensor, y_test: Tensor, seed: int,

@@ -32,6 +32,10 @@ def _caption(r: dict) -> str:
     ]
     if d["test_carved"]:
         lines.append("no test split on disk: a seeded stratified 20 % of train is the test split")
+    if r["protocol"] in ("affine", "equivariance") and r["spec"] is not None:
+        batch = r["spec"]["train"]["batch_size"]
+        lines.append(f"own head as trained: each set of test images encoded in batches of {batch} normalised by "
+                     "their own statistics, as in training; eval mode: BatchNorm's running statistics")  # fmt: skip
     lines.append(f"written to {r['path']}")
     return "\n".join(lines)
 
@@ -74,14 +78,18 @@ def _knn(t: Table, res: dict) -> None:
 def _affine(t: Table, res: dict) -> None:
     t.add_column("component")
     t.add_column("probe R² (test)", justify="right")
-    t.add_column("own head R² (test)", justify="right")
-    head = res["r2_head"] or {}
+    t.add_column("own head R², eval mode", justify="right")
+    t.add_column("own head R², as trained", justify="right")
+    head, batch = res["r2_head"] or {}, res.get("r2_head_batch") or {}
     for name, r2 in res["r2"].items():
-        own = f"{head[name]:.3f}" if name in head else "—"
-        t.add_row(name, f"[bold]{r2:.3f}[/]", own)
+        t.add_row(name, f"[bold]{r2:.3f}[/]", _cell(head, name, "{:.3f}"), _cell(batch, name, "{:.3f}"))
     if res["head_note"]:
         t.add_section()
-        t.add_row(res["head_note"], "", "")
+        t.add_row(res["head_note"], "", "", "")
+
+
+def _cell(values: dict, name: str, fmt: str) -> str:
+    return fmt.format(values[name]) if name in values else "—"
 
 
 def _equivariance(t: Table, res: dict) -> None:
@@ -89,18 +97,24 @@ def _equivariance(t: Table, res: dict) -> None:
     t.add_column("task")
     t.add_column("target")
     t.add_column("probe (test)", justify="right")
-    t.add_column("own head (test)", justify="right")
+    t.add_column("own head, eval mode", justify="right")
+    t.add_column("own head, as trained", justify="right")
     affine, augself, rotation = res["affine"], res["augself"], res["rotation"]
-    head = affine["r2_head"] or {}
+    head, batch = affine["r2_head"] or {}, affine.get("r2_head_batch") or {}
     for name, r2 in affine["r2"].items():
-        t.add_row("affine", f"{name} R²", f"[bold]{r2:.3f}[/]", f"{head[name]:.3f}" if name in head else "—")
+        t.add_row(
+            "affine", f"{name} R²", f"[bold]{r2:.3f}[/]", _cell(head, name, "{:.3f}"), _cell(batch, name, "{:.3f}")
+        )
     t.add_section()
-    head = augself["r2_head"] or {}
+    head, batch = augself["r2_head"] or {}, augself.get("r2_head_batch") or {}
     for name, r2 in augself["r2"].items():
-        t.add_row("augself", f"{name} Δ R²", f"[bold]{r2:.3f}[/]", f"{head[name]:.3f}" if name in head else "—")
+        t.add_row("augself", f"{name} Δ R²", f"[bold]{r2:.3f}[/]", _cell(head, name, "{:.3f}"),
+                  _cell(batch, name, "{:.3f}"))  # fmt: skip
     t.add_section()
-    own, chance = rotation["head_acc_pct"], rotation["chance_pct"]
-    t.add_row("rotation", f"4-way accuracy % (chance {chance:.0f})", f"[bold]{rotation['acc_pct']:.2f}[/]",
-              "—" if own is None else f"{own:.2f}")  # fmt: skip
+    own = {"eval": rotation["head_acc_pct"], "batch": rotation.get("head_acc_pct_batch")}
+    own = {k: v for k, v in own.items() if v is not None}
+    target = f"4-way accuracy % (chance {rotation['chance_pct']:.0f})"
+    t.add_row("rotation", target, f"[bold]{rotation['acc_pct']:.2f}[/]", _cell(own, "eval", "{:.2f}"),
+              _cell(own, "batch", "{:.2f}"))  # fmt: skip
     t.add_section()
-    t.add_row("heads", ", ".join(res["heads"]) or "none: no trained head for these tasks", "", "")
+    t.add_row("heads", ", ".join(res["heads"]) or "none: no trained head for these tasks", "", "", "")

@@ -85,36 +85,35 @@ class Session:
         backbone = self.backbone()
         return tuple(self.features(backbone, which) for which in splits)
 
-    def features(self, backbone, which: str, phi: Tensor | None = None, affine_spec: AffineSpec | None = None):
-        images = self.split(which).images
-        tag = f"{self.data.tag}-{which}-{self.data.image_size_px}px" + ("-warped" if phi is not None else "")
-        with self.timed("features"), _progress(self.progress, f"features {tag}", len(images)) as advance:
-            h, hit = cached_features(
-                self.source,
-                backbone,
-                images,
-                tag,
-                batch_size=self.batch_size,
-                device=self.device,
-                use_cache=self.use_cache,
-                phi=phi,
-                affine_spec=affine_spec,
-                advance=advance,
-                precision_name=self.precision,
-            )
-        self.cache_state[tag] = "off" if not self.use_cache else ("hit" if hit else "miss")
-        return h
+    @property
+    def train_batch_size(self) -> int:
+        """The training run's batch size (train.batch_size): the batches of features taken as trained."""
+        return self.source.spec.train.batch_size if self.source.spec is not None else self.batch_size
 
-    def images_features(self, backbone, images: Tensor, name: str) -> Tensor:
+    def features(self, backbone, which: str, phi: Tensor | None = None, affine_spec: AffineSpec | None = None,
+                 batch_stats: bool = False):  # fmt: skip
+        """Features (N, F) of a split, warped by φ when given; `batch_stats`: as trained (affssl.batchstats),
+        in batches of the training batch size, else eval mode."""
+        tag = f"{which}-{self.data.image_size_px}px" + ("-warped" if phi is not None else "")
+        return self._cached(backbone, self.split(which).images, tag, phi, affine_spec, batch_stats)
+
+    def images_features(self, backbone, images: Tensor, name: str, batch_stats: bool = False,
+                        batch_size: int | None = None) -> Tensor:  # fmt: skip
         """Features (N, F) of images made from a split (augmented views, rotations), cached like a split's.
 
         `name` tells people what they are ("test-view1-seed3"); the images' bytes decide the cache key.
+        `batch_size` overrides the batches of a `batch_stats` pass (E-SSL encodes 4 turns of B views at once).
         """
-        tag = f"{self.data.tag}-{name}-{self.data.image_size_px}px"
+        return self._cached(backbone, images, f"{name}-{self.data.image_size_px}px", None, None, batch_stats,
+                            batch_size)  # fmt: skip
+
+    def _cached(self, backbone, images, name, phi, affine_spec, batch_stats, batch_size=None) -> Tensor:
+        tag = f"{self.data.tag}-{name}" + ("-batchstats" if batch_stats else "")
+        batch = (batch_size or self.train_batch_size) if batch_stats else self.batch_size
         with self.timed("features"), _progress(self.progress, f"features {tag}", len(images)) as advance:
-            h, hit = cached_features(self.source, backbone, images, tag, batch_size=self.batch_size,
-                                     device=self.device, use_cache=self.use_cache, advance=advance,
-                                     precision_name=self.precision)  # fmt: skip
+            h, hit = cached_features(self.source, backbone, images, tag, batch_size=batch, device=self.device,
+                                     use_cache=self.use_cache, phi=phi, affine_spec=affine_spec, advance=advance,
+                                     precision_name=self.precision, batch_stats=batch_stats)  # fmt: skip
         self.cache_state[tag] = "off" if not self.use_cache else ("hit" if hit else "miss")
         return h
 
