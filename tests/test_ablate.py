@@ -653,3 +653,9 @@ def test_objectives_study_on_tiny_digits_writes_profiles_costs_and_the_tradeoff_
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((out / "simclr/rotation/seed-0/eval/equivariance-digits.json").read_text())
     assert record["result"]["heads"] == ["rotation"]
+    # each head as trained, in the CSV and the heads table; only the variant that has the head has a value
+    acc = float(rows["simclr/rotation"]["equivariance-digits-head-rotation-acc"])
+    assert acc == pytest.approx(record["result"]["rotation"]["head_acc_pct_batch"], abs=1e-4)
+    assert rows["simclr/base"]["equivariance-digits-head-rotation-acc"] == ""
+    assert rows["simclr/augself"]["equivariance-digits-head-crop-r2"] != ""
+    assert "## Own heads, as trained" in summary and f"| simclr/rotation | 1 | — | — | {acc:.2f} ± " in summary

@@ -4,7 +4,10 @@ Rows are read back from the run folders only (metrics.jsonl, eval records), so t
 rebuilt at any time. Metric names join protocol and data set: `linear-cifar10` (top-1 %, the mean
 over probe trials), `knn-cifar10-k20`, `affine-cifar10-r2` (mean R² over components); the equivariance
 profile gives `equivariance-cifar10-affine-r2` (mean over components, each also as `…-affine-r2-<component>`),
-`…-crop-r2` and `…-colour-r2` (AugSelf's Δ, mean over columns) and `…-rotation-acc` (4-way, %).
+`…-crop-r2` and `…-colour-r2` (AugSelf's Δ, mean over columns) and `…-rotation-acc` (4-way, %); and, for
+a run trained with heads, each head's own score as trained (affssl.batchstats), kept apart from the metrics
+(no base has them to compare with): `…-head-affine-r2-<component>`, `…-head-crop-r2`, `…-head-colour-r2`,
+`…-head-rotation-acc` (E-SSL's head on its small views), in results.csv and the summary's heads table.
 The statistics unit is a pretraining seed (one value per run) or, as in the paper (§2.4, 5 probe
 trials of one checkpoint), a linear-probe trial (every trial of every run of the variant).
 Holm–Bonferroni adjusts each comparison column over its family: every + affine variant's p against
@@ -52,6 +55,7 @@ class Row:
     metrics: dict[str, float] = field(default_factory=dict)
     trials: dict[str, list[float]] = field(default_factory=dict)
     curve: list[CurvePoint] = field(default_factory=list)
+    heads: dict[str, float] = field(default_factory=dict)  # the run's own heads scored as trained
 
 
 def collect(planned: list[PlannedRun], out: Path, ev: EvalSettings) -> list[Row]:
@@ -127,6 +131,11 @@ def _read_metrics(row: Row, protocol: str, stem: str, result: dict) -> None:
         row.metrics |= {f"{stem}-affine-r2-{c}": v for c, v in r2.items()}
         row.metrics |= {f"{stem}-{t}-r2": float(v) for t, v in result["augself"]["r2"].items()}
         row.metrics[f"{stem}-rotation-acc"] = float(result["rotation"]["acc_pct"])
+        affine, augself = result["affine"].get("r2_head_batch") or {}, result["augself"].get("r2_head_batch") or {}
+        row.heads |= {f"{stem}-head-affine-r2-{c}": float(v) for c, v in affine.items()}
+        row.heads |= {f"{stem}-head-{t}-r2": float(v) for t, v in augself.items()}
+        if (acc := result["rotation"].get("head_acc_pct_batch")) is not None:
+            row.heads[f"{stem}-head-rotation-acc"] = float(acc)
 
 
 def _curve(run: PlannedRun, folder: Path, ev: EvalSettings, times: list[float], row: Row) -> list[CurvePoint]:
@@ -148,19 +157,26 @@ def metric_names(rows: list[Row]) -> list[str]:
     return list(names)
 
 
+def head_names(rows: list[Row]) -> list[str]:
+    """The own-head scores any run has, in order of appearance."""
+    return list(dict.fromkeys(m for r in rows for m in r.heads))
+
+
 def write_csv(rows: list[Row], path: Path) -> Path:
     metrics = list(dict.fromkeys(m for r in rows for m in r.metrics))
+    heads = head_names(rows)
     trials = list(dict.fromkeys(m for r in rows for m in r.trials))
     objectives = any(r.spec_fields.get("objective") for r in rows)
     columns = FIELDS + (OBJECTIVE_FIELDS if objectives else ())
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*columns, *metrics, *(f"{m}_trials" for m in trials)])
+        writer.writerow([*columns, *metrics, *heads, *(f"{m}_trials" for m in trials)])
         for r in rows:
             values = {**r.spec_fields, "wall_s": f"{r.wall_s:.3f}", "img_per_s": f"{r.img_per_s:.1f}"}
             writer.writerow(
                 [values[k] for k in columns]
                 + [f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in metrics]
+                + [f"{r.heads[m]:.4f}" if m in r.heads else "" for m in heads]
                 + [";".join(f"{v:.4f}" for v in r.trials.get(m, [])) for m in trials]
             )
     return path

@@ -18,7 +18,7 @@ from rich import box
 from rich.table import Table
 
 from affssl.ablate.planning import Ablation, PlannedRun
-from affssl.ablate.results import Row, Unit, VariantStats, component_r2, is_r2, unit_label
+from affssl.ablate.results import Row, Unit, VariantStats, component_r2, head_names, is_r2, unit_label
 from affssl.stats import Comparison, fmt, fmt_p, summarize
 
 BASE_COLUMNS = (
@@ -127,6 +127,7 @@ def write_summary(path: Path, ablation: Ablation, tables: dict[str, list[Variant
         lines += ["", f"## {metric} ({unit_label(metric)})", ""]
         lines += _table(header, [cells(s, digits_of(metric), equal, objectives) for s in stats])
     lines += profile_table(list(rows), list(planned))
+    lines += heads_table(list(rows), list(planned))
     stems = [m.removesuffix("-r2") for m in tables if m.startswith("affine-") and m.endswith("-r2")]
     for stem in stems:
         effects = component_r2(list(planned), list(rows), stem)
@@ -163,6 +164,30 @@ def profile_table(rows: list[Row], planned: list[PlannedRun]) -> list[str]:
     note = ("affine-r2: mean R² over components (then each); crop-r2, colour-r2: AugSelf's Δ, mean R² over its 4 "
             "columns; rotation-acc: 4-way rotation top-1 % (chance 25); mean ± 95 % CI over runs")  # fmt: skip
     return ["", "## Equivariance profile (affssl eval equivariance)", "", note, "", *_table(header, body)]
+
+
+def heads_table(rows: list[Row], planned: list[PlannedRun]) -> list[str]:
+    """Every variant's own heads scored as trained: is each objective's task learned? (mean ± 95 % CI over runs)."""
+    names = head_names(rows)
+    if not names:
+        return []
+    body = []
+    for name in dict.fromkeys(r.variant.name for r in planned):
+        mine = [r for r in rows if r.variant.name == name and r.heads]
+        if mine:
+            cells = []
+            for m in names:
+                values = [r.heads[m] for r in mine if m in r.heads]
+                v = summarize(values) if values else None
+                cells.append("—" if v is None else f"{fmt(v.mean, digits_of(m))} ± {fmt(v.ci95, digits_of(m))}")
+            body.append([name, str(len(mine)), *cells])
+    stem = names[0][: names[0].index("-head-") + len("-head-")]
+    header = ("variant", "n", *(m.removeprefix(stem) for m in names))
+    note = ("Each trained head on held-out test images with the encoder as it is trained (every set of images in "
+            "batches of the training batch size, normalised by its own statistics; affssl.batchstats): "
+            "affine-r2-<component>: R² of φ; crop-r2, colour-r2: AugSelf's Δ; rotation-acc: E-SSL's head on its "
+            "own small views, 4-way top-1 % (chance 25). CARE has no head. Mean ± 95 % CI over runs.")  # fmt: skip
+    return ["", "## Own heads, as trained (affssl eval equivariance)", "", note, "", *_table(header, body)]
 
 
 def rich_table(metric: str, stats: list[VariantStats]) -> Table:
