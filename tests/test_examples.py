@@ -54,3 +54,29 @@ def test_each_objective_takes_four_marked_lines_and_the_loop_runs_without_them(c
     namespace["main"](OBJECTIVES_SMALL)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "ssl" in lines[0] and not any(tag in lines[0] for tag in TAGS)
+
+
+def test_every_example_spec_loads_strictly_and_the_study_in_its_header_plans(tmp_path):
+    """Each examples/*.toml is a valid spec, and the `affssl ablate` command its comments give plans (--dry-run)."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from affssl.cli import app
+    from affssl.spec import load_spec
+
+    for spec_file in sorted(EXAMPLE.parent.glob("*.toml")):
+        load_spec(spec_file)
+        lines = spec_file.read_text().splitlines()
+        start = next((i for i, line in enumerate(lines) if line.startswith("#   affssl ablate")), None)
+        if start is None:
+            continue
+        command = ""
+        for line in lines[start:]:
+            command += line.lstrip("# ").rstrip("\\").strip() + " "
+            if not line.endswith("\\"):
+                break
+        argv = shlex.split(command)[1:]
+        argv[argv.index("--out") + 1] = str(tmp_path / spec_file.stem)
+        result = CliRunner().invoke(app, [*argv, "--dry-run"], catch_exceptions=False)
+        assert result.exit_code == 0 and " runs into " in result.output, (spec_file.name, result.output)
