@@ -9,7 +9,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from affssl import augment
+from affssl import augment, pixelops
 from affssl.spec import AugmentSpec
 
 
@@ -26,10 +26,10 @@ def _gen(seed: int = 0) -> torch.Generator:
 @pytest.mark.parametrize(
     ("ours", "theirs", "bounds", "atol"),
     [
-        (augment.adjust_brightness, TF.adjust_brightness, (0.0, 2.0), 1e-6),
-        (augment.adjust_contrast, TF.adjust_contrast, (0.0, 2.0), 1e-5),
-        (augment.adjust_saturation, TF.adjust_saturation, (0.0, 2.0), 1e-5),
-        (augment.adjust_hue, TF.adjust_hue, (-0.5, 0.5), 1e-5),
+        (pixelops.adjust_brightness, TF.adjust_brightness, (0.0, 2.0), 1e-6),
+        (pixelops.adjust_contrast, TF.adjust_contrast, (0.0, 2.0), 1e-5),
+        (pixelops.adjust_saturation, TF.adjust_saturation, (0.0, 2.0), 1e-5),
+        (pixelops.adjust_hue, TF.adjust_hue, (-0.5, 0.5), 1e-5),
     ],
 )
 def test_colour_ops_match_torchvision(ours, theirs, bounds, atol):
@@ -43,15 +43,15 @@ def test_colour_ops_match_torchvision(ours, theirs, bounds, atol):
 
 def test_grayscale_and_solarize_match_torchvision():
     x = _images()
-    torch.testing.assert_close(augment.grayscale(x), TF.rgb_to_grayscale(x, num_output_channels=3), atol=1e-6, rtol=0)
-    assert torch.equal(augment.solarize(x, 0.5), TF.solarize(x, 0.5))
+    torch.testing.assert_close(pixelops.grayscale(x), TF.rgb_to_grayscale(x, num_output_channels=3), atol=1e-6, rtol=0)
+    assert torch.equal(pixelops.solarize(x, 0.5), TF.solarize(x, 0.5))
 
 
 @pytest.mark.parametrize("kernel_px", [3, 7])
 def test_gaussian_blur_matches_torchvision(kernel_px):
     x = _images(5, (16, 20))
     sigma = torch.tensor([0.1, 0.5, 1.0, 1.7, 2.0])
-    got = augment.gaussian_blur(x, sigma, kernel_px)
+    got = pixelops.gaussian_blur(x, sigma, kernel_px)
     want = torch.stack([TF.gaussian_blur(x[i], [kernel_px] * 2, [float(sigma[i])] * 2) for i in range(5)])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
@@ -104,7 +104,7 @@ def test_color_jitter_applies_ops_in_each_samples_order():
     apply = torch.tensor([True, True, True, True, True, False])
     factors = torch.tensor([[1.5, 0.5, 1.8, 0.2], [0.3, 1.6, 0.0, -0.4]]).repeat(3, 1)  # (6, 4)
     order = torch.stack([torch.randperm(4, generator=_gen(i)) for i in range(6)])  # (6, 4)
-    got = augment.color_jitter(x, apply, factors, order)
+    got = pixelops.color_jitter(x, apply, factors, order)
     theirs = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
     for i in range(6):
         want = x[i]
@@ -142,9 +142,9 @@ def test_probability_zero_is_identity():
     x = _images(6, (32, 32))
     off = AugmentSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0, jitter_p=0, grayscale_p=0, blur_p=(0, 0))
     torch.testing.assert_close(augment.view(x, off, _gen(), 0), x, atol=1e-6, rtol=0)  # full-image crop
-    assert torch.equal(augment.color_jitter(x, *augment.jitter_params(6, off, _gen())), x)
+    assert torch.equal(pixelops.color_jitter(x, *augment.jitter_params(6, off, _gen())), x)
     no_strength = off.model_copy(update={"jitter_p": 1.0, "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0})
-    assert torch.equal(augment.color_jitter(x, *augment.jitter_params(6, no_strength, _gen())), x)
+    assert torch.equal(pixelops.color_jitter(x, *augment.jitter_params(6, no_strength, _gen())), x)
 
 
 def test_probability_one_applies_each_op():
