@@ -148,14 +148,17 @@ def test_an_exported_backbone_gets_the_same_profile_without_heads(aux_run, tmp_p
     assert result["rotation"]["acc_pct"] == trained["rotation"]["acc_pct"]
 
 
-def test_every_head_is_also_scored_as_trained_on_batch_statistics_of_its_own_passes(make_checkpoint, tmp_path,
-                                                                                      monkeypatch):  # fmt: skip
+@pytest.mark.parametrize("location", ["encoder", "projector"])
+def test_every_head_is_also_scored_as_trained_on_batch_statistics_of_its_own_passes(
+    make_checkpoint, tmp_path, monkeypatch, location
+):
     """r2_head_batch / head_acc_pct_batch against a naive reference: a copy of the model in train mode, each set
     of test images (clean, warped, each view, E-SSL's small views with their four turns) encoded batch by batch."""
     monkeypatch.setenv("AFFSSL_CACHE", str(tmp_path / "cache"))
     overrides = ("backbone.width=4", "data.image_size_px=16", "data.dataset=digits", "train.batch_size=16",
-                 "train.precision=fp32", "augself.enabled=true", "rotation.enabled=true")  # fmt: skip
-    ckpt = make_checkpoint(overrides, "batch")
+                 "train.precision=fp32", "augself.enabled=true", "rotation.enabled=true",
+                 f"affine.location={location}")  # fmt: skip
+    ckpt = make_checkpoint(overrides, f"batch-{location}")
     result = evaluate_equivariance(ckpt, limit=60, device="cpu", max_iter=50)["result"]
 
     source = open_source(ckpt)
@@ -167,15 +170,16 @@ def test_every_head_is_also_scored_as_trained_on_batch_statistics_of_its_own_pas
     b = spec.train.batch_size
     assert len(x) > 2 * b  # several batches: the batching is part of what is checked
 
-    def encode(images: torch.Tensor, batch: int = b) -> torch.Tensor:
+    def encode(images: torch.Tensor, batch: int = b, encoder=trained.backbone) -> torch.Tensor:
         with torch.no_grad(), policy.autocast():
-            return torch.cat([trained.backbone(images[i : i + batch]).float() for i in range(0, len(images), batch)])
+            return torch.cat([encoder(images[i : i + batch]).float() for i in range(0, len(images), batch)])
 
     probe = equivariance.probe_spec(spec.affine)
     phi = equivariance.sample_phi(len(x), probe, 16, equivariance.PROBE_SEED_OFFSET["test"])  # seed 0 + offset
     clean = x.float() / 255
-    expected = equivariance.head_r2(learner.head.mlp, None, encode(clean), encode(affine.warp(clean, phi, probe)),
-                                    phi, spec.affine, 16)  # fmt: skip
+    head_input = trained.embedded if location == "projector" else trained.backbone  # batch by batch, as trained
+    h, hw = encode(clean, encoder=head_input), encode(affine.warp(clean, phi, probe), encoder=head_input)
+    expected = equivariance.head_r2(learner.head.mlp, None, h, hw, phi, spec.affine, 16)
     assert result["affine"]["r2_head_batch"] == pytest.approx(expected, abs=1e-4)
     assert result["affine"]["r2_head_batch"] != pytest.approx(result["affine"]["r2_head"], abs=1e-3)
 

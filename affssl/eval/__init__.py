@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from affssl import batchstats
 from affssl.checkpoint import TRAIN_FORMAT
 from affssl.data import Dataset
@@ -227,8 +229,11 @@ def _affine_profile(run: Session, backbone, learner, seed: int) -> tuple[dict, l
     if head is not None:  # as trained: each pass (clean, warped) on its own batch statistics
         h_b, hw_b = (run.features(backbone, "test", p, spec if p is not None else None, batch_stats=True)
                      for p in (None, phi["test"]))  # fmt: skip
-        with run.timed("probe"), batchstats.batch_statistics(learner):
-            r2_head_batch = equivariance.head_r2(head.mlp, embed, h_b, hw_b, phi["test"], trained, size)
+        with run.timed("probe"), batchstats.batch_statistics(learner), torch.no_grad():
+            if embed is not None:  # the projector too, batch by batch as in training
+                b = run.train_batch_size
+                h_b, hw_b = (torch.cat([embed(f[i : i + b]) for i in range(0, len(f), b)]) for f in (h_b, hw_b))
+            r2_head_batch = equivariance.head_r2(head.mlp, None, h_b, hw_b, phi["test"], trained, size)
     result = equivariance.AffineResult(r2, r2_cols, r2_head, r2_head_batch).summary()
     result["probe_affine"] = json.loads(spec.model_dump_json())
     result["head_note"] = None if head is not None else _head_note(source)
