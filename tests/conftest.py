@@ -1,5 +1,5 @@
 """Shared fixtures and helpers: the real CIFAR-10 image folder, tiny checkpoints, torch's thread count kept,
-checkpoint headers and tensors compared, functions run in forked gloo processes.
+checkpoint headers and tensors compared, functions run in forked gloo processes, a signal at a step.
 
 Test modules import the plain helpers by name (`from conftest import header`).
 """
@@ -89,6 +89,20 @@ def keep_threads(monkeypatch):
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def signal_at(monkeypatch, signum: int, step: int) -> None:
+    """Deliver a real signal to this process right after the metrics line of `step` is written."""
+    from affssl import runs
+
+    append = runs.append_metrics
+
+    def append_then_signal(run, record):
+        append(run, record)
+        if record.get("kind") == "step" and record["step"] == step:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(runs, "append_metrics", append_then_signal)
 
 
 def header(path: Path) -> dict:

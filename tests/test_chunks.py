@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("litdata")
 
-from conftest import assert_same_tensors
+from conftest import assert_same_tensors, signal_at
 
 from affssl import faults, runs
 from affssl.checkpoint import CheckpointError
@@ -100,14 +100,7 @@ def test_store_px_resizes_the_short_side_and_keeps_the_aspect(tmp_path, folder):
 def test_sigterm_inside_an_epoch_then_resume_is_bit_identical_with_other_workers(tmp_path, monkeypatch, folder,
                                                                                reference):  # fmt: skip
     run, cache = tmp_path / "run", reference.parent / "cache"
-    append = runs.append_metrics
-
-    def append_then_signal(path, record):
-        append(path, record)
-        if record.get("kind") == "step" and record["step"] == 4:  # inside epoch 2 (3 steps an epoch)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(runs, "append_metrics", append_then_signal)
+    signal_at(monkeypatch, signal.SIGTERM, 4)  # inside epoch 2 (3 steps an epoch)
     with pytest.raises(faults.Preempted):
         pretrain(spec_for(folder, cache, "data.storage=chunks", "data.workers=1"), run, show_progress=False)
     monkeypatch.undo()

@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import header
+from conftest import header, signal_at
 from test_chunks import TINY, make_folder, spec_for
 from typer.testing import CliRunner
 
@@ -82,14 +82,7 @@ def test_a_run_stopped_inside_an_epoch_starts_that_epoch_over_on_the_changed_dat
 
     folder, run = make_folder(tmp_path / "imgs"), tmp_path / "run"
     spec = spec_for(folder, tmp_path / "cache", "data.storage=tensor", "train.epochs=3")
-    append = runs.append_metrics
-
-    def append_then_signal(path, record):
-        append(path, record)
-        if record.get("kind") == "step" and record["step"] == 5:  # inside epoch 2 (3 steps an epoch)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(runs, "append_metrics", append_then_signal)
+    signal_at(monkeypatch, signal.SIGTERM, 5)  # inside epoch 2 (3 steps an epoch)
     with pytest.raises(faults.Preempted):
         train(spec, run, show_progress=False)
     monkeypatch.undo()

@@ -4,11 +4,11 @@ prototypes, safetensors round trip of the weight-normalised layer, and exact res
 from __future__ import annotations
 
 import math
-import os
 import signal
 
 import pytest
 import torch
+from conftest import signal_at
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -172,14 +172,7 @@ def test_signal_mid_epoch_then_resume_is_bit_identical(tmp_path, monkeypatch):
     """Centre, teacher, frozen-layer epoch and teacher temperature all come back exactly after a stop at step 5."""
     spec = load_spec("default", TINY)
     pretrain(spec, tmp_path / "reference", show_progress=False)
-    append = runs.append_metrics
-
-    def append_then_signal(run, record):
-        append(run, record)
-        if record.get("kind") == "step" and record["step"] == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(runs, "append_metrics", append_then_signal)
+    signal_at(monkeypatch, signal.SIGTERM, 5)
     with pytest.raises(faults.Preempted):
         pretrain(spec, tmp_path / "run", show_progress=False)
     monkeypatch.undo()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_tensors, header
+from conftest import assert_same_tensors, header, signal_at
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -115,18 +115,6 @@ def test_guard_makes_a_fused_optimizer_skip_the_bad_step():
 
 # ---------------------------------------------------------------------------------------------
 # Stop signals and step checkpoints
-
-
-def signal_at(monkeypatch, signum: int, step: int) -> None:
-    """Deliver a real signal to this process right after the metrics line of `step` is written."""
-    append = runs.append_metrics
-
-    def append_then_signal(run, record):
-        append(run, record)
-        if record.get("kind") == "step" and record["step"] == step:
-            os.kill(os.getpid(), signum)
-
-    monkeypatch.setattr(runs, "append_metrics", append_then_signal)
 
 
 @pytest.mark.parametrize(("signum", "step", "code"), [(signal.SIGTERM, 5, 143), (signal.SIGUSR1, 8, 138)])

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import tomllib
 
 import pytest
-from conftest import assert_same_tensors
+from conftest import assert_same_tensors, signal_at
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -99,14 +98,7 @@ def test_a_run_with_the_new_objectives_stopped_inside_an_epoch_resumes_bit_ident
                                  "care.chunks=3"])  # fmt: skip
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     pretrain(spec, reference, show_progress=False)
-    append = runs.append_metrics
-
-    def append_then_signal(run, record):  # SIGTERM right after step 3's line: inside epoch 1 (4 steps)
-        append(run, record)
-        if record.get("kind") == "step" and record["step"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(runs, "append_metrics", append_then_signal)
+    signal_at(monkeypatch, signal.SIGTERM, 3)  # SIGTERM right after step 3's line: inside epoch 1 (4 steps)
     with pytest.raises(faults.Preempted):
         pretrain(spec, stopped, show_progress=False)
     monkeypatch.undo()
